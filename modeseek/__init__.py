@@ -1,0 +1,66 @@
+"""modeseek: pure JAX losses, samplers and training pieces for preference fine-tuning.
+
+On-policy sampling and negative gradients are both mode-seeking (Tajwar et al., ICML 2024).
+Every loss takes log-probabilities (never a model) and returns per-example values.
+"""
+
+from modeseek.advantages import (
+    RunningStats,
+    gae_advantages,
+    mean_baseline_advantages,
+    nonnegative_advantages,
+    rloo_advantages,
+    running_stats_init,
+    running_stats_normalize,
+    running_stats_update,
+    zscore_advantages,
+)
+from modeseek.contrastive import (
+    bradley_terry_loss,
+    dpo_loss,
+    ipo_loss,
+    logratio_margin,
+    robust_dpo_loss,
+    simpo_loss,
+    slic_hinge_loss,
+)
+from modeseek.likelihood import best_of_n_loss, nll_loss, reward_ranks, rwr_loss, rwr_weights
+from modeseek.logprobs import (
+    categorical_logprobs,
+    masked_mean,
+    sequence_logprobs,
+    token_logprobs,
+)
+from modeseek.metrics import (
+    entropy,
+    expectation,
+    implicit_rewards,
+    kl_divergence,
+    preference_metrics,
+)
+from modeseek.optim import make_optimizer, make_schedule
+from modeseek.pairs import (
+    best_vs_worst_mask,
+    bradley_terry_labels,
+    pairwise,
+    pairwise_loss,
+    random_pairs_mask,
+    ranked_pairs_mask,
+)
+from modeseek.policy_gradient import (
+    clipped_value_loss,
+    kl_penalty,
+    ppo_clip_fraction,
+    ppo_clip_loss,
+    reinforce_loss,
+)
+from modeseek.taxonomy import ALGORITHMS, DEFAULT_HPARAMS, Algorithm, get_algorithm
+from modeseek.train import (
+    TrainState,
+    init_train_state,
+    make_algorithm_train_step,
+    make_objective_loss,
+    make_train_step,
+)
+
+__version__ = "0.1.0"

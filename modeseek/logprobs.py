@@ -1,0 +1,72 @@
+"""Log-probabilities of tokens and sequences: the one helper every tier uses.
+
+Convention (causal LMs): the logits at position t−1 predict the token at position t. So for
+tokens y_0 … y_{L−1},
+
+    token_logprobs[b, t] = log softmax(logits[b, t−1])[y_t]      for t ≥ 1,
+    token_logprobs[b, 0] = 0                                     (nothing predicts y_0),
+
+and the sequence log-probability is the masked **sum** (not the mean) over response tokens,
+
+    sequence_logprobs[b] = Σ_t mask[b, t] · token_logprobs[b, t].
+
+`mask` marks the tokens whose probability counts (the response, never prompt or padding); it is
+aligned with `tokens`, so mask[:, 0] is ignored. Log-softmax is taken in float32 whatever the
+logits' dtype.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from modeseek._checks import check_same_shape
+
+
+def token_logprobs(logits, tokens, mask=None):
+    """Per-token log p(tokens[t] | tokens[<t]) aligned with `tokens`.
+
+    Args:
+      logits: [..., L, V] next-token logits (position t−1 predicts token t).
+      tokens: [..., L] int token ids.
+      mask: optional [..., L] (bool or 0/1); positions where it is 0 give 0.
+
+    Returns:
+      [..., L] float32; position 0 is always 0.
+    """
+    if logits.shape[:-1] != tokens.shape:
+        raise ValueError(
+            f"logits {list(logits.shape)} must be tokens {list(tokens.shape)} + [vocab]"
+        )
+    if mask is not None:
+        check_same_shape(tokens=tokens, mask=mask)
+    logp_LxV = jax.nn.log_softmax(logits[..., :-1, :].astype(jnp.float32), axis=-1)
+    next_tokens = tokens[..., 1:]
+    picked = jnp.take_along_axis(logp_LxV, next_tokens[..., None], axis=-1)[..., 0]
+    pad = jnp.zeros(picked.shape[:-1] + (1,), jnp.float32)
+    out = jnp.concatenate([pad, picked], axis=-1)
+    if mask is not None:
+        out = jnp.where(mask.astype(bool), out, 0.0)
+    return out
+
+
+def sequence_logprobs(logits, tokens, mask):
+    """Σ_t mask[t] · log p(tokens[t] | tokens[<t]): [..., L, V], [..., L], [..., L] → [...]."""
+    return jnp.sum(token_logprobs(logits, tokens, mask), axis=-1)
+
+
+def categorical_logprobs(logits, actions):
+    """log softmax(logits)[action] for one-step (bandit) policies: [..., A], [...] → [...]."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp, actions[..., None], axis=-1)[..., 0]
+
+
+def masked_mean(values, where=None, axis=None):
+    """Mean of `values` over `axis` counting only entries where `where` is true (0 if none)."""
+    values = jnp.asarray(values, jnp.float32)
+    if where is None:
+        return jnp.mean(values, axis=axis)
+    where = jnp.broadcast_to(jnp.asarray(where, bool), values.shape)
+    total = jnp.sum(jnp.where(where, values, 0.0), axis=axis)
+    count = jnp.sum(where, axis=axis)
+    return total / jnp.maximum(count, 1)
