@@ -31,10 +31,11 @@ def make_schedule(learning_rate, *, schedule="constant", warmup_steps=0, total_s
     if schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(
             0.0, learning_rate, warmup_steps=warmup_steps, decay_steps=total_steps)
+    decay = optax.linear_schedule(learning_rate, 0.0, max(total_steps - warmup_steps, 1))
+    if not warmup_steps:  # no warmup: step 0 already uses the peak rate (as cosine does)
+        return decay
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, learning_rate, max(warmup_steps, 1)),
-         optax.linear_schedule(learning_rate, 0.0, max(total_steps - warmup_steps, 1))],
-        [max(warmup_steps, 1)])
+        [optax.linear_schedule(0.0, learning_rate, warmup_steps), decay], [warmup_steps])
 
 
 def make_optimizer(*, learning_rate, schedule="constant", warmup_steps=0, total_steps=None,
