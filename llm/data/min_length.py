@@ -2,8 +2,8 @@
 
 Min Length: of two responses to an instruction, the **shorter** one is preferred. Prompts are
 instruction templates ("Describe a cat.", "Explain how a bridge works.") over a list of subjects;
-responses are 1–8 sentences drawn from plain-English templates about the subject; the two
-responses of a pair have different sentence counts and different word counts. The held-out
+responses are 1–8 sentences drawn from plain-English templates about the subject; the chosen
+response has fewer sentences, fewer words and fewer characters than the rejected one. The held-out
 ``test`` split uses subjects that never occur in ``train``.
 
 Each row: ``prompt``, ``chosen`` (the shorter response), ``rejected``, and the gold reward as
@@ -109,11 +109,12 @@ def generate(split: str, num_rows: int, seed: int = SEED) -> list[dict]:
     for _ in range(num_rows):
         subject = rng.choice(subjects)
         prompt = rng.choice(INSTRUCTIONS).format(s=subject[0])
-        a, b = ("", "")
-        while len(a.split()) == len(b.split()):  # strictly different lengths
-            n_a, n_b = rng.sample(range(1, 9), 2)
-            a, b = _response(rng, subject, n_a), _response(rng, subject, n_b)
-        chosen, rejected = sorted((a, b), key=lambda r: len(r.split()))
+        chosen = rejected = ""
+        # Shorter in sentences, words and characters, so shorter in tokens for any tokenizer
+        # that splits on whitespace and punctuation.
+        while not (len(chosen.split()) < len(rejected.split()) and len(chosen) < len(rejected)):
+            n_short, n_long = sorted(rng.sample(range(1, 9), 2))
+            chosen, rejected = _response(rng, subject, n_short), _response(rng, subject, n_long)
         rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
                      "chosen_score": -len(chosen.split()),
                      "rejected_score": -len(rejected.split())})

@@ -270,8 +270,7 @@ def read_rows(
             if kind == "pairs":
                 row_scores = "chosen_score" in row
                 if has_scores is not None and row_scores != has_scores:
-                    field = "chosen_score" if has_scores else "rejected_score"
-                    raise BadRowError(source, field, "scores on some rows only",
+                    raise BadRowError(source, "chosen_score", "scores on some rows only",
                                       "the first good row " + ("had" if has_scores else "lacked")
                                       + " scores")
                 has_scores = row_scores
