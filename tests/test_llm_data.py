@@ -188,7 +188,7 @@ def test_bad_row_errors_name_file_line_and_field(tmp_path, reason):
         assert f"field '{field}'" in str(e.value)
 
 
-def test_skip_mode_counts_every_bad_row(tmp_path):
+def test_skip_mode_counts_every_bad_row(tmp_path, caplog):
     lines = [json.dumps(GOOD)]
     for reason in sorted(BAD_ROWS):
         bad = BAD_ROWS[reason][0]
@@ -201,6 +201,8 @@ def test_skip_mode_counts_every_bad_row(tmp_path):
     assert len(rows) == 1 and stats["rows_read"] == 1 + len(BAD_ROWS)
     assert stats["rows_skipped"] == len(BAD_ROWS)
     assert stats["skipped_by_reason"] == {r: 1 for r in BAD_ROWS}
+    logged = [r.getMessage() for r in caplog.records if "skipping bad row" in r.getMessage()]
+    assert len(logged) == len(BAD_ROWS) and f"{path}:2: " in logged[0]
     _, stats = data.prepare_tfds(path, tmp_path / "tfds", name="skip", skip_bad_rows=True)
     assert stats["stats"]["train"]["rows_skipped"] == len(BAD_ROWS)
 
@@ -353,6 +355,12 @@ def test_prompt_only_loader(tmp_path, tokenizer, prepared):
         data.make_loader(src, tokenizer, max_response_len=4, **kw)
     it, _ = data.make_loader(prepared, tokenizer, prompts_only=True, **kw)
     assert next(it)["prompt_tokens"].shape == (2, 6)
+    out_dir, meta = data.prepare_tfds(src, tmp_path / "tfds", name="q", kind="prompts")
+    assert meta["kind"] == "prompts" and not meta["has_scores"]
+    with pytest.raises(ValueError, match="prompts_only=True"):
+        data.make_loader(out_dir, tokenizer, max_response_len=4, **kw)
+    (again,) = list(data.make_loader(out_dir, tokenizer, prompts_only=True, **kw)[0])
+    _assert_batches_equal([again], [batch])
 
 
 def test_embedded_dataset_is_the_generator_output():

@@ -32,7 +32,7 @@ import numpy as np
 from absl import logging
 
 from llm.data.encoding import Encoder
-from llm.data.records import BadRowError, new_stats, read_rows, record_skip
+from llm.data.records import BadRowError, read_rows, record_skip
 
 
 def _open_source(source, split: str, prompts_only: bool, skip_bad_rows: bool):
@@ -114,8 +114,9 @@ def make_loader(
                       pairs=pairs, with_scores=pairs and has_scores,
                       truncate_prompt=truncate_prompt, truncate_response=truncate_response,
                       use_chat_template=use_chat_template, append_eos=append_eos)
-    stats = new_stats("pairs" if pairs else "prompts")
-    stats.update(read=read_stats, rows_checked=len(rows), has_scores=encoder.with_scores)
+    stats = {"kind": "pairs" if pairs else "prompts", "has_scores": encoder.with_scores,
+             "read": read_stats, "rows_checked": len(rows), "rows_kept": 0, "rows_skipped": 0,
+             "skipped_by_reason": {}}
     valid = []
     for i in range(len(rows)):
         try:
@@ -127,7 +128,6 @@ def make_loader(
             continue
         valid.append(i)
     stats["rows_kept"] = len(valid)
-    del stats["rows_read"]
     if shard_options is None:
         shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
     indices = _shard(np.asarray(valid, np.int64), shard_options)

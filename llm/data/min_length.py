@@ -18,12 +18,12 @@ Regenerate (deterministic; the test suite checks the committed files are this ou
 from __future__ import annotations
 
 import json
-import os
 import random
+
+from llm.data import default_dataset_path
 
 SEED = 2024
 NUM_TRAIN, NUM_TEST = 360, 60
-FILES = {"train": "min_length_train.jsonl", "test": "min_length_test.jsonl"}
 
 # (subject, adjective, place, use) — enough slots to fill every sentence template.
 SUBJECTS = [
@@ -123,13 +123,6 @@ def generate(split: str, num_rows: int, seed: int = SEED) -> list[dict]:
 
 def dumps(rows: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-
-
-def default_dataset_path(split: str = "train") -> str:
-    """Path of the embedded Min Length JSONL file for ``split`` ("train" or "test")."""
-    if split not in FILES:
-        raise ValueError(f"split must be one of {sorted(FILES)}, got {split!r}")
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), FILES[split])
 
 
 def write_files() -> None:

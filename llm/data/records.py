@@ -69,12 +69,19 @@ def new_stats(kind: str) -> dict[str, Any]:
     }
 
 
+MAX_LOGGED_SKIPS = 20
+
+
 def record_skip(stats: dict[str, Any], err: BadRowError) -> None:
+    """Counts a skipped row by reason; logs the first MAX_LOGGED_SKIPS, then only counts."""
     stats["rows_skipped"] += 1
     reasons = collections.Counter(stats["skipped_by_reason"])
     reasons[err.reason] += 1
     stats["skipped_by_reason"] = dict(sorted(reasons.items()))
-    logging.warning("skipping bad row: %s", err)
+    if stats["rows_skipped"] <= MAX_LOGGED_SKIPS:
+        logging.warning("skipping bad row: %s", err)
+    if stats["rows_skipped"] == MAX_LOGGED_SKIPS:
+        logging.warning("further bad rows are counted in the stats, not logged one by one")
 
 
 def _iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
