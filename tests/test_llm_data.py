@@ -212,6 +212,12 @@ def test_parquet_bad_row_names_row_number(tmp_path):
     pq.write_table(pa.Table.from_pylist([GOOD, GOOD, {**GOOD, "chosen": ""}]), src)
     with pytest.raises(data.BadRowError, match=r"b.parquet:3: field 'chosen': empty text"):
         data.read_preference_file(src)
+    table = pa.table({"prompt": [b"p", b"q"], "chosen": [b"a", b"\xff"], "rejected": [b"b"] * 2})
+    pq.write_table(table, src)
+    with pytest.raises(data.BadRowError, match=r"b.parquet:2: field 'chosen': non-UTF-8 bytes"):
+        data.read_preference_file(src)
+    rows, stats = data.read_preference_file(src, skip_bad_rows=True)
+    assert rows[0]["chosen"] == "a" and stats["skipped_by_reason"] == {"non-UTF-8 bytes": 1}
 
 
 def test_encoder_hand_example(tokenizer):
