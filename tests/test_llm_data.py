@@ -382,3 +382,18 @@ def test_embedded_dataset_is_the_generator_output():
     has_held_out = lambda r: any(re.search(rf"\b{s}\b", r["prompt"][0]["content"])
                                  for s in held_out)
     assert all(has_held_out(r) for r in test) and not any(has_held_out(r) for r in train)
+
+
+def test_loader_state_in_orbax_checkpoint(tmp_path, tokenizer):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    kw = dict(batch_size=4, max_prompt_len=16, max_response_len=128, seed=7,
+              shard_options=grain.sharding.NoSharding())
+    it, _ = data.make_loader(data.default_dataset_path("test"), tokenizer, **kw)
+    _take(it, 3)
+    mngr = ocp.CheckpointManager(tmp_path / "ckpt")
+    mngr.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+    mngr.wait_until_finished()
+    want = _take(it, 20)  # crosses the epoch boundary (15 batches per epoch)
+    resumed, _ = data.make_loader(data.default_dataset_path("test"), tokenizer, **kw)
+    mngr.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
+    _assert_batches_equal(_take(resumed, 20), want)

@@ -102,9 +102,11 @@ def make_loader(
 
     Returns:
       (iterator, stats): ``next(iterator)`` is a batch dict; ``iterator.get_state()`` /
-      ``set_state(state)`` resume exactly. stats holds the read stats (``read``), the
-      tokenisation pass's ``rows_checked``, ``rows_kept``, ``rows_skipped``,
-      ``skipped_by_reason``, and ``rows_in_shard``, ``batches_per_epoch``.
+      ``set_state(state)`` resume exactly (the state is a small JSON-able dict; in orbax use
+      ``grain.checkpoint.CheckpointSave(iterator)`` / ``CheckpointRestore(iterator)``).
+      stats holds the read stats (``read``), the tokenisation pass's ``rows_checked``,
+      ``rows_kept``, ``rows_skipped``, ``skipped_by_reason``, and ``rows_in_shard``,
+      ``batches_per_epoch``.
     """
     rows, kind, has_scores, read_stats = _open_source(source, split, prompts_only, skip_bad_rows)
     if kind == "prompts" and not prompts_only:
