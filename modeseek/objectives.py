@@ -57,17 +57,20 @@ def pair_logratio_metrics(logps, ref_logps, pair_mask):
     }
 
 
-def _contrastive(loss_fn, hparam_names):
+def _contrastive(loss_fn, hparam_names, defaults=None):
+    defaults = defaults or {}
+
     def objective(logps, batch, hparams):
         pairs = _pairs(batch, hparams)
-        kwargs = {name: hparams[name] for name in hparam_names}
+        kwargs = {name: hparams[name] if name in hparams else defaults[name]
+                  for name in hparam_names}
         total, count = pairwise_loss(loss_fn, logps, batch["ref_logps"], pairs, **kwargs)
         return jnp.sum(total) / jnp.maximum(jnp.sum(count), 1)
 
     return objective
 
 
-dpo_objective = _contrastive(dpo_loss, ("beta", "label_smoothing"))
+dpo_objective = _contrastive(dpo_loss, ("beta", "label_smoothing"), {"label_smoothing": 0.0})
 dpo_objective.__doc__ = "DPO on all ranked pairs (gap > threshold), mean over pairs."
 ipo_objective = _contrastive(ipo_loss, ("tau",))
 ipo_objective.__doc__ = "IPO on all ranked pairs (gap > threshold), mean over pairs."
