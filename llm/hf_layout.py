@@ -1,0 +1,301 @@
+"""Explicit name and layout mapping between Hugging Face checkpoints and `modeseek.decoder`.
+
+API:
+  config_from_hf(hf_config: dict, *, dtype="float32", param_dtype="float32") -> DecoderConfig
+  config_to_hf(config, architecture=None, *, bos_id, eos_id, pad_id) -> dict  (config.json)
+  architecture_of(config) -> "llama" | "mistral" | "qwen2" | "gpt_neox"
+  params_from_hf(tensors: dict[str, np.ndarray], config, architecture, *, source) -> params
+  params_to_hf(params, config, architecture) -> dict[str, np.ndarray]
+
+Supported: LlamaForCausalLM (Llama 1/2, SmolLM, SmolLM2), MistralForCausalLM,
+Qwen2ForCausalLM, GPTNeoXForCausalLM (Pythia). HF linear weights are [out, in]; ours are
+[in, ...out] with heads split out. GPT-NeoX fuses q,k,v as rows ordered (head, {q,k,v}, dim).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from llm.safetensors_io import CheckpointError
+from modeseek.decoder import DecoderConfig, param_shapes
+
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
+                 "Qwen2ForCausalLM": "qwen2", "GPTNeoXForCausalLM": "gpt_neox"}
+_CLASS = {v: k for k, v in ARCHITECTURES.items()}
+# non-parameter buffers some checkpoints carry
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "attention.bias", "attention.masked_bias")
+
+
+def _architecture(hf: dict[str, Any]) -> str:
+    names = hf.get("architectures") or []
+    known = [ARCHITECTURES[n] for n in names if n in ARCHITECTURES]
+    if not known:
+        raise CheckpointError(f"config.json architectures={names} (model_type="
+                              f"{hf.get('model_type')!r}) is not supported; supported: "
+                              f"{sorted(ARCHITECTURES)}")
+    return known[0]
+
+
+def _rope(hf: dict[str, Any]) -> tuple[float, float]:
+    """(theta, partial rotary fraction): pre-5.0 keys or transformers 5 `rope_parameters`."""
+    rp = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or {}
+    kind = rp.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
+    if kind != "default":
+        raise CheckpointError(f"config.json: rope scaling type {kind!r} is not supported")
+    theta = rp.get("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", 10000.0)))
+    fraction = rp.get("partial_rotary_factor",
+                      hf.get("partial_rotary_factor", hf.get("rotary_pct", 1.0)))
+    return float(theta), float(fraction)
+
+
+def config_from_hf(hf: dict[str, Any], *, dtype: str = "float32",
+                   param_dtype: str = "float32") -> DecoderConfig:
+    arch = _architecture(hf)
+    theta, fraction = _rope(hf)
+    heads = hf["num_attention_heads"]
+    embed = hf["hidden_size"]
+    common = dict(vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
+                  num_heads=heads, head_dim=hf.get("head_dim") or embed // heads,
+                  embed_dim=embed, mlp_dim=hf["intermediate_size"], rope_theta=theta,
+                  rotary_fraction=fraction, max_len=hf.get("max_position_embeddings", 2048),
+                  dtype=dtype, param_dtype=param_dtype)
+    if arch == "gpt_neox":
+        act = hf.get("hidden_act", "gelu")
+        if act not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
+            raise CheckpointError(f"config.json: GPT-NeoX hidden_act={act!r} is not supported")
+        bias = hf.get("attention_bias", True)
+        return DecoderConfig(**common, num_kv_heads=heads, norm="layer",
+                             norm_eps=hf.get("layer_norm_eps", 1e-5),
+                             mlp="gelu" if act == "gelu" else "gelu_tanh",
+                             parallel_residual=hf.get("use_parallel_residual", True),
+                             tied_embeddings=hf.get("tie_word_embeddings", False),
+                             qkv_bias=bias, attn_out_bias=bias, mlp_bias=True)
+    if hf.get("hidden_act", "silu") != "silu":
+        raise CheckpointError(f"config.json: hidden_act={hf.get('hidden_act')!r} unsupported")
+    window = hf.get("sliding_window") if arch == "mistral" else None
+    if arch == "qwen2" and hf.get("use_sliding_window"):
+        layer_types = set(hf.get("layer_types") or [])
+        if layer_types != {"sliding_attention"}:
+            raise CheckpointError("config.json: Qwen2 with sliding window on only some layers "
+                                  "is not supported")
+        window = hf["sliding_window"]
+    attention_bias = hf.get("attention_bias", False)
+    return DecoderConfig(**common, num_kv_heads=hf.get("num_key_value_heads") or heads,
+                         norm="rms", norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu",
+                         parallel_residual=False,
+                         tied_embeddings=hf.get("tie_word_embeddings", False),
+                         sliding_window=window, qkv_bias=attention_bias or arch == "qwen2",
+                         attn_out_bias=attention_bias, mlp_bias=hf.get("mlp_bias", False))
+
+
+def architecture_of(config: DecoderConfig) -> str:
+    if config.parallel_residual or config.norm == "layer":
+        return "gpt_neox"
+    if config.qkv_bias and not config.attn_out_bias:
+        return "qwen2"
+    return "mistral" if config.sliding_window else "llama"
+
+
+def config_to_hf(config: DecoderConfig, architecture: str | None = None, *, bos_id=None,
+                 eos_id=None, pad_id=None) -> dict[str, Any]:
+    arch = architecture or architecture_of(config)
+    hf: dict[str, Any] = dict(
+        architectures=[_CLASS[arch]], model_type=arch, vocab_size=config.vocab_size,
+        hidden_size=config.embed_dim, intermediate_size=config.mlp_dim,
+        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+        max_position_embeddings=config.max_len, tie_word_embeddings=config.tied_embeddings,
+        bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id, torch_dtype="float32",
+        rope_theta=config.rope_theta)
+    if arch == "gpt_neox":
+        if config.num_kv_heads != config.num_heads or config.mlp == "swiglu":
+            raise CheckpointError("GPT-NeoX export needs num_kv_heads == num_heads and GELU")
+        hf.update(rotary_pct=config.rotary_fraction, rotary_emb_base=config.rope_theta,
+                  partial_rotary_factor=config.rotary_fraction,
+                  use_parallel_residual=config.parallel_residual,
+                  layer_norm_eps=config.norm_eps, attention_bias=config.qkv_bias,
+                  hidden_act="gelu" if config.mlp == "gelu" else "gelu_pytorch_tanh")
+        return hf
+    if config.rotary_fraction != 1.0 or config.mlp != "swiglu" or config.norm != "rms":
+        raise CheckpointError(f"{arch} export needs full rotary, SwiGLU and RMSNorm")
+    hf.update(num_key_value_heads=config.num_kv_heads, head_dim=config.head_dim,
+              rms_norm_eps=config.norm_eps, hidden_act="silu")
+    if arch == "qwen2":
+        hf.update(use_sliding_window=bool(config.sliding_window),
+                  sliding_window=config.sliding_window)
+    elif arch == "mistral":
+        hf.update(sliding_window=config.sliding_window)
+    else:
+        hf.update(attention_bias=config.qkv_bias, mlp_bias=config.mlp_bias)
+    return hf
+
+
+def _names(arch: str, i: int) -> dict[str, str]:
+    """Our parameter path ("/"-joined) -> HF tensor name, for layer i."""
+    if arch == "gpt_neox":
+        p = f"gpt_neox.layers.{i}."
+        return {"attn_norm/scale": p + "input_layernorm.weight",
+                "attn_norm/bias": p + "input_layernorm.bias",
+                "mlp_norm/scale": p + "post_attention_layernorm.weight",
+                "mlp_norm/bias": p + "post_attention_layernorm.bias",
+                # per-part names of the fused tensor after `_unfuse_neox`
+                **{f"attn/{x}_kernel": p + f"attention.query_key_value.{x}.weight" for x in "qkv"},
+                **{f"attn/{x}_bias": p + f"attention.query_key_value.{x}.bias" for x in "qkv"},
+                "attn/o_kernel": p + "attention.dense.weight",
+                "attn/o_bias": p + "attention.dense.bias",
+                "mlp/up_kernel": p + "mlp.dense_h_to_4h.weight",
+                "mlp/up_bias": p + "mlp.dense_h_to_4h.bias",
+                "mlp/down_kernel": p + "mlp.dense_4h_to_h.weight",
+                "mlp/down_bias": p + "mlp.dense_4h_to_h.bias"}
+    p = f"model.layers.{i}."
+    names = {"attn_norm/scale": p + "input_layernorm.weight",
+             "mlp_norm/scale": p + "post_attention_layernorm.weight",
+             "attn/o_kernel": p + "self_attn.o_proj.weight",
+             "attn/o_bias": p + "self_attn.o_proj.bias"}
+    for x in "qkv":
+        names[f"attn/{x}_kernel"] = p + f"self_attn.{x}_proj.weight"
+        names[f"attn/{x}_bias"] = p + f"self_attn.{x}_proj.bias"
+    for x in ("gate", "up", "down"):
+        names[f"mlp/{x}_kernel"] = p + f"mlp.{x}_proj.weight"
+        names[f"mlp/{x}_bias"] = p + f"mlp.{x}_proj.bias"
+    return names
+
+
+def _top_names(arch: str) -> dict[str, str]:
+    if arch == "gpt_neox":
+        return {"embedding": "gpt_neox.embed_in.weight", "lm_head": "embed_out.weight",
+                "final_norm/scale": "gpt_neox.final_layer_norm.weight",
+                "final_norm/bias": "gpt_neox.final_layer_norm.bias"}
+    return {"embedding": "model.embed_tokens.weight", "lm_head": "lm_head.weight",
+            "final_norm/scale": "model.norm.weight"}
+
+
+def _to_ours(path: str, w: np.ndarray, config: DecoderConfig) -> np.ndarray:
+    """HF layout -> our layout for one tensor (shape already checked against HF's)."""
+    H, G, K, D = config.num_heads, config.num_kv_heads, config.head_dim, config.embed_dim
+    leaf = path.split("/")[-1]
+    heads = {"q": H, "k": G, "v": G}
+    if leaf in ("q_kernel", "k_kernel", "v_kernel"):
+        return w.T.reshape(D, heads[leaf[0]], K)
+    if leaf in ("q_bias", "k_bias", "v_bias"):
+        return w.reshape(heads[leaf[0]], K)
+    if leaf == "o_kernel":
+        return w.T.reshape(H, K, D)
+    if leaf.endswith("_kernel") or leaf == "lm_head":
+        return w.T
+    return w
+
+
+def _to_hf(path: str, w: np.ndarray) -> np.ndarray:
+    leaf = path.split("/")[-1]
+    if leaf in ("q_kernel", "k_kernel", "v_kernel"):
+        return w.reshape(w.shape[0], -1).T
+    if leaf in ("q_bias", "k_bias", "v_bias"):
+        return w.reshape(-1)
+    if leaf == "o_kernel":
+        return w.reshape(-1, w.shape[-1]).T
+    if leaf.endswith("_kernel") or leaf == "lm_head":
+        return w.T
+    return w
+
+
+def _flat_shapes(config: DecoderConfig) -> dict[str, tuple[int, ...]]:
+    out = {}
+
+    def walk(tree, prefix):
+        for k, v in tree.items():
+            if isinstance(v, dict):
+                walk(v, prefix + k + "/")
+            else:
+                out[prefix + k] = v[0]
+
+    walk(param_shapes(config), "")
+    return out
+
+
+def _hf_shape(path: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    return _to_hf(path, np.empty(shape, np.uint8)).shape
+
+
+def params_from_hf(tensors: dict[str, np.ndarray], config: DecoderConfig, arch: str, *,
+                   source: str = "checkpoint") -> dict[str, Any]:
+    dtype = np.dtype(jnp.dtype(config.param_dtype))
+    tensors = dict(tensors)
+    if arch == "gpt_neox":  # unfuse q,k,v: rows are ordered (head, {q,k,v}, dim)
+        H, K = config.num_heads, config.head_dim
+        for i in range(config.num_layers):
+            p = f"gpt_neox.layers.{i}.attention.query_key_value."
+            for kind in ("weight", "bias"):
+                fused = tensors.pop(p + kind, None)
+                if fused is None:
+                    continue
+                if fused.shape[0] != 3 * H * K:
+                    raise CheckpointError(f"{source}: tensor {p + kind} has shape {fused.shape}, "
+                                          f"expected first dim {3 * H * K}")
+                parts = fused.reshape(H, 3, K, *fused.shape[1:])
+                for j, x in enumerate("qkv"):
+                    tensors[f"{p}{x}.{kind}"] = parts[:, j].reshape(H * K, *fused.shape[1:])
+    used = set()
+    flat: dict[str, np.ndarray] = {}
+    for path, shape in _flat_shapes(config).items():
+        if path.startswith("layer_"):
+            layer, rest = path.split("/", 1)
+            name = _names(arch, int(layer[6:]))[rest]
+        else:
+            name = _top_names(arch)[path]
+        if name not in tensors:
+            raise CheckpointError(f"{source}: missing tensor {name} (for parameter {path})")
+        w = tensors[name]
+        used.add(name)
+        expected = _hf_shape(path, shape)
+        if tuple(w.shape) != expected:
+            raise CheckpointError(f"{source}: tensor {name} has shape {tuple(w.shape)}, "
+                                  f"expected {expected} from config.json")
+        if w.dtype.kind not in "fV" and str(w.dtype) != "bfloat16":
+            raise CheckpointError(f"{source}: tensor {name} has dtype {w.dtype}, expected a "
+                                  "floating-point type")
+        w = _to_ours(path, np.asarray(w), config)
+        flat[path] = w.astype(dtype)
+    extra = [n for n in tensors if n not in used and not n.endswith(_IGNORED_SUFFIXES)
+             and not (config.tied_embeddings and n == _top_names(arch)["lm_head"])]
+    if extra:
+        raise CheckpointError(f"{source}: unexpected tensors {extra[:5]} (wrong architecture "
+                              "or config.json?)")
+    params: dict[str, Any] = {}
+    for path, w in flat.items():
+        node = params
+        *parents, leaf = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = w
+    return params
+
+
+def params_to_hf(params: dict[str, Any], config: DecoderConfig,
+                 arch: str | None = None) -> dict[str, np.ndarray]:
+    arch = arch or architecture_of(config)
+    out: dict[str, np.ndarray] = {}
+    for path in _flat_shapes(config):
+        node = params
+        for p in path.split("/"):
+            node = node[p]
+        w = _to_hf(path, np.asarray(node, dtype=np.float32))
+        if path.startswith("layer_"):
+            layer, rest = path.split("/", 1)
+            out[_names(arch, int(layer[6:]))[rest]] = w
+        else:
+            out[_top_names(arch)[path]] = w
+    if arch == "gpt_neox":  # fuse q,k,v back into rows ordered (head, {q,k,v}, dim)
+        H, K = config.num_heads, config.head_dim
+        for i in range(config.num_layers):
+            p = f"gpt_neox.layers.{i}.attention.query_key_value."
+            for kind in ("weight", "bias"):
+                parts = [out.pop(f"{p}{x}.{kind}", None) for x in "qkv"]
+                if parts[0] is None:
+                    continue
+                stacked = np.stack([x.reshape(H, K, *x.shape[1:]) for x in parts], axis=1)
+                out[p + kind] = stacked.reshape(3 * H * K, *parts[0].shape[1:])
+    return out
