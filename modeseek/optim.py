@@ -28,11 +28,14 @@ def make_schedule(learning_rate, *, schedule="constant", warmup_steps=0, total_s
         return optax.join_schedules(
             [optax.linear_schedule(0.0, learning_rate, warmup_steps),
              optax.constant_schedule(learning_rate)], [warmup_steps])
+    decay_steps = max(total_steps - warmup_steps, 1)
     if schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(
-            0.0, learning_rate, warmup_steps=warmup_steps, decay_steps=total_steps)
-    decay = optax.linear_schedule(learning_rate, 0.0, max(total_steps - warmup_steps, 1))
-    if not warmup_steps:  # no warmup: step 0 already uses the peak rate (as cosine does)
+        # Not optax.warmup_cosine_decay_schedule: it branches on the peak value in Python,
+        # which fails when learning_rate is traced (vmapped sweeps).
+        decay = optax.cosine_decay_schedule(learning_rate, decay_steps)
+    else:
+        decay = optax.linear_schedule(learning_rate, 0.0, decay_steps)
+    if not warmup_steps:  # no warmup: step 0 already uses the peak rate
         return decay
     return optax.join_schedules(
         [optax.linear_schedule(0.0, learning_rate, warmup_steps), decay], [warmup_steps])
