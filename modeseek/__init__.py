@@ -15,6 +15,7 @@ from modeseek.advantages import (
     running_stats_update,
     zscore_advantages,
 )
+from modeseek.categorical import sample_categorical
 from modeseek.contrastive import (
     bradley_terry_loss,
     dpo_loss,
