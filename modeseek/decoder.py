@@ -27,6 +27,7 @@ padding never shifts rotary phases.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -296,11 +297,11 @@ def _abstract_boxed(config: DecoderConfig):
         lambda k: Decoder(config).init(k, tokens, tokens, mask)["params"], jax.random.key(0))
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def init_params(key: jax.Array, config: DecoderConfig) -> Params:
     tokens = jnp.zeros((1, 1), jnp.int32)
     mask = jnp.ones((1, 1, 1), bool)
-    boxed = jax.jit(lambda k: Decoder(config).init(k, tokens, tokens, mask)["params"])(key)
-    return nn.unbox(boxed)
+    return nn.unbox(Decoder(config).init(key, tokens, tokens, mask)["params"])
 
 
 def param_axes(config: DecoderConfig) -> Params:

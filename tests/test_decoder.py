@@ -63,7 +63,7 @@ def test_bad_configs_are_refused():
 def test_forward_shapes_and_causality(name, tokens):
     config = _config(name)
     params = dec.init_params(jax.random.key(1), config)
-    logits = jax.jit(dec.forward, static_argnums=1)(params, config, tokens)
+    logits = forward(params, config, tokens)
     assert logits.shape == (3, 10, 256) and logits.dtype == jnp.float32
     changed = tokens.at[:, 6].set((tokens[:, 6] + 1) % 256)
     logits2 = forward(params, config, changed)
