@@ -3,12 +3,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy_reference as ref
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import modeseek as ms
-from tests import numpy_reference as ref
 
 JIT = pytest.mark.parametrize("wrap", [lambda f: f, jax.jit], ids=["eager", "jit"])
 GROUP = {"mean": (ms.mean_baseline_advantages, ref.mean_baseline),
@@ -25,8 +25,8 @@ def _batch(seed, P=5, N=6):
     return r, w
 
 
-@JIT
-def test_hand_values(wrap):
+def test_hand_values():
+    wrap = jax.jit  # hand values go through jit
     r = jnp.array([1.0, 2.0, 3.0, 6.0])  # mean 3, population std √3.5 = 1.8708287
     np.testing.assert_allclose(wrap(ms.mean_baseline_advantages)(r), [-2, -1, 0, 3])
     # leave-one-out: 1 − (2+3+6)/3 = −8/3, 2 − 10/3 = −4/3, 3 − 3 = 0, 6 − 2 = 4

@@ -5,13 +5,13 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy_reference as ref
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 import modeseek as ms
-from tests import numpy_reference as ref
 
 JIT = pytest.mark.parametrize("wrap", [lambda f: f, jax.jit], ids=["eager", "jit"])
 LOG2 = 0.6931471805599453
@@ -24,8 +24,8 @@ def _random(shape=(5, 3), seed=0):
     return tuple(rng.normal(size=shape).astype(np.float32) * 3 - 5 for _ in range(4))
 
 
-@JIT
-def test_hand_values(wrap):
+def test_hand_values():
+    wrap = jax.jit  # hand values go through jit
     # DPO, h = 2, β = 0.5: −log σ(1) = log(1 + e^−1) = 0.31326169
     np.testing.assert_allclose(wrap(functools.partial(ms.dpo_loss, beta=0.5))(*H2),
                                0.31326169, atol=1e-6)
@@ -169,7 +169,8 @@ def test_grads(name):
         "bt": lambda a, b: ms.bradley_terry_loss(a, b, label_smoothing=0.1),
     }
     order = 1 if name == "slic" else 2
-    check_grads(fns[name], x[:2], order=order, modes=["rev"], atol=2e-2, rtol=2e-2, eps=1e-2)
+    check_grads(jax.jit(fns[name]), x[:2], order=order, modes=["rev"], atol=2e-2, rtol=2e-2,
+                eps=1e-2)
 
 
 def test_shape_mismatch_names_arguments():

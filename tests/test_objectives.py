@@ -6,11 +6,11 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy_reference as ref
 import pytest
 
 import modeseek as ms
 from modeseek import objectives as obj
-from tests import numpy_reference as ref
 
 HP = dict(ms.DEFAULT_HPARAMS, beta=0.4, tau=0.3, threshold=0.5, label_smoothing=0.1,
           clip_eps=0.15, kl_coef=0.2, negative_coef=0.7, rwr_beta=0.8, weight_clip=2.0)
@@ -69,20 +69,21 @@ def test_objective_matches_numpy(name, masked):
 def test_objectives_with_negative_clip_and_no_pairs():
     logps, batch = _batch(1)
     hp = dict(HP, negative_clip=0.1)
-    out = obj.best_of_n_objective(logps, batch, hp, negative="all_worse")
+    out = jax.jit(functools.partial(obj.best_of_n_objective, negative="all_worse"))(
+        logps, batch, hp)
     want = ref.best_of_n_objective(logps, batch, 1, "all_worse", 0.7, clip=0.1)
     np.testing.assert_allclose(out, want, rtol=1e-5)
     # all rewards tied: no pair, loss 0 with a finite (zero) gradient
     tied = dict(batch, rewards=np.zeros_like(batch["rewards"]))
     for fn in (obj.dpo_objective, obj.ipo_objective, obj.pref_ft_objective):
-        val, g = jax.value_and_grad(fn)(jnp.asarray(logps), tied, HP)
+        val, g = jax.jit(jax.value_and_grad(fn))(jnp.asarray(logps), tied, HP)
         assert float(val) == 0.0 and np.all(np.asarray(g) == 0)
 
 
 def test_masked_samples_get_no_gradient():
     logps, batch = _batch(2)
     for name, (fn, _) in CASES.items():
-        g = np.asarray(jax.grad(fn)(jnp.asarray(logps), batch, HP))
+        g = np.asarray(jax.jit(jax.grad(fn))(jnp.asarray(logps), batch, HP))
         assert np.all(np.isfinite(g)), name
         assert np.all(g[~batch["mask"]] == 0), name
 
@@ -91,11 +92,13 @@ def test_traced_hparams_vmap_equals_loop():
     logps, batch = _batch(3)
     betas = jnp.array([0.05, 0.4, 2.0])
     vm = jax.vmap(lambda b: obj.dpo_objective(logps, batch, dict(HP, beta=b)))(betas)
-    loop = [obj.dpo_objective(logps, batch, dict(HP, beta=float(b))) for b in betas]
+    dpo = jax.jit(obj.dpo_objective)  # traced beta: one compilation for the loop
+    loop = [dpo(logps, batch, dict(HP, beta=float(b))) for b in betas]
     np.testing.assert_allclose(vm, loop, rtol=1e-5)
     eps = jnp.array([0.05, 0.3])
     vm = jax.vmap(lambda e: obj.ppo_objective(logps, batch, dict(HP, clip_eps=e)))(eps)
-    loop = [obj.ppo_objective(logps, batch, dict(HP, clip_eps=float(e))) for e in eps]
+    ppo = jax.jit(obj.ppo_objective)
+    loop = [ppo(logps, batch, dict(HP, clip_eps=float(e))) for e in eps]
     np.testing.assert_allclose(vm, loop, rtol=1e-5)
 
 

@@ -5,10 +5,10 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy_reference as ref
 import pytest
 
 import modeseek as ms
-from tests import numpy_reference as ref
 
 JIT = pytest.mark.parametrize("wrap", [lambda f: f, jax.jit], ids=["eager", "jit"])
 
@@ -46,8 +46,8 @@ def test_ranked_pairs_where_equals_slicing(wrap):
         assert _pairs(m[p]) == ref.ranked_pairs(r[p], 0.3, w[p])
 
 
-@JIT
-def test_best_vs_worst(wrap):
+def test_best_vs_worst():
+    wrap = jax.jit  # hand values go through jit
     r = jnp.array([[0.3, 2.0, -1.0, 0.5], [1.0, 1.0, 1.0, 1.0], [0.0, 5.0, 5.0, -2.0]])
     m = np.asarray(wrap(ms.best_vs_worst_mask)(r))
     assert _pairs(m[0]) == [(1, 2)]

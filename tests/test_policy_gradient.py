@@ -5,11 +5,11 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy_reference as ref
 import pytest
 from jax.test_util import check_grads
 
 import modeseek as ms
-from tests import numpy_reference as ref
 
 JIT = pytest.mark.parametrize("wrap", [lambda f: f, jax.jit], ids=["eager", "jit"])
 
@@ -19,8 +19,8 @@ def _random(seed=0, shape=(4, 5)):
     return tuple(rng.normal(size=shape).astype(np.float32) for _ in range(3))
 
 
-@JIT
-def test_hand_values(wrap):
+def test_hand_values():
+    wrap = jax.jit  # hand values go through jit
     # REINFORCE: −A·log π = −2·(−3) = 6
     np.testing.assert_allclose(wrap(ms.reinforce_loss)(jnp.float32(-3.0), jnp.float32(2.0)), 6.0)
     ppo = wrap(functools.partial(ms.ppo_clip_loss, clip_eps=0.2))
@@ -100,7 +100,7 @@ def test_grads(name):
         "k2": lambda x: ms.kl_penalty(x, old, estimator="k2"),
         "k3": lambda x: ms.kl_penalty(x, old, estimator="k3"),
     }
-    check_grads(fns[name], (lp,), order=2, modes=["rev"], atol=1e-2, rtol=1e-2, eps=1e-3)
+    check_grads(jax.jit(fns[name]), (lp,), order=2, modes=["rev"], atol=1e-2, rtol=1e-2, eps=1e-3)
 
 
 def test_k3_nonnegative_and_unbiased_on_categorical():
