@@ -62,9 +62,10 @@ BOFN_OPTS = [dict(), dict(top_k=2), dict(negative="worst"), dict(negative="all_w
              dict(top_k=3, negative="worst", use_ref=True)]
 
 
-@JIT
-@pytest.mark.parametrize("opts", BOFN_OPTS, ids=lambda o: "-".join(f"{k}{v}" for k, v in
-                                                                    o.items()) or "plain")
+@pytest.mark.parametrize("wrap,opts", [(jax.jit, o) for o in BOFN_OPTS] + [
+    (lambda f: f, BOFN_OPTS[0]), (lambda f: f, BOFN_OPTS[4])], ids=lambda x: (
+        "-".join(f"{k}{v}" for k, v in x.items()) or "plain") if isinstance(x, dict) else (
+        "jit" if x is jax.jit else "eager"))
 def test_best_of_n_matches_numpy_and_where_equals_slicing(wrap, opts):
     opts = dict(opts)
     use_ref = opts.pop("use_ref", False)

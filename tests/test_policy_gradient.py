@@ -100,7 +100,9 @@ def test_grads(name):
         "k2": lambda x: ms.kl_penalty(x, old, estimator="k2"),
         "k3": lambda x: ms.kl_penalty(x, old, estimator="k3"),
     }
-    check_grads(jax.jit(fns[name]), (lp,), order=2, modes=["rev"], atol=1e-2, rtol=1e-2, eps=1e-3)
+    order = 2 if name in ("ppo", "k3") else 1
+    check_grads(jax.jit(fns[name]), (lp,), order=order, modes=["rev"], atol=1e-2, rtol=1e-2,
+                eps=1e-3)
 
 
 def test_k3_nonnegative_and_unbiased_on_categorical():
