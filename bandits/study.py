@@ -9,6 +9,8 @@ group compiles exactly once) and returns the records with summary numbers plus t
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import time
 
 import jax
@@ -54,12 +56,12 @@ def validate(config):
                 raise ValueError(f"config.{abl}.algorithms: {name} is not on-policy")
         if config[abl].reward not in known_rewards:
             raise ValueError(f"config.{abl}.reward: unknown reward {config[abl].reward!r}")
-    if any(t < 1 for t in config.reuse_ablation.values):
-        raise ValueError(f"config.reuse_ablation.values: reuse T must be >= 1, got "
-                         f"{tuple(config.reuse_ablation.values)}")
+    if any(t < 1 for t in config.reuse_ablation.grid):
+        raise ValueError(f"config.reuse_ablation.grid: reuse T must be >= 1, got "
+                         f"{tuple(config.reuse_ablation.grid)}")
     m = config.onpolicy.minibatch_prompts
-    if any(b % m or b < m for b in config.batch_ablation.values):
-        raise ValueError(f"config.batch_ablation.values must be multiples of "
+    if any(b % m or b < m for b in config.batch_ablation.grid):
+        raise ValueError(f"config.batch_ablation.grid must be multiples of "
                          f"config.onpolicy.minibatch_prompts ({m})")
 
 
@@ -87,7 +89,7 @@ def plan_runs(config):
                                **common),
         "batch_ablation": BanditSetup(
             algorithms=tuple(config.batch_ablation.algorithms), num_steps=on.num_steps,
-            max_prompts_per_batch=max(config.batch_ablation.values),
+            max_prompts_per_batch=max(config.batch_ablation.grid),
             minibatch_prompts=on.minibatch_prompts, **common),
     }
     runs = {group: [] for group in setups}
@@ -112,13 +114,13 @@ def plan_runs(config):
     abl = config.reuse_ablation
     for seed in range(abl.seeds):
         for a in abl.algorithms:
-            for t in abl.values:
+            for t in abl.grid:
                 add("onpolicy", a, abl.reward, seed, reuse=t,
                     prompts_per_batch=on.prompts_per_batch, study="reuse")
     abl = config.batch_ablation
     for seed in range(abl.seeds):
         for a in abl.algorithms:
-            for b in abl.values:
+            for b in abl.grid:
                 add("batch_ablation", a, abl.reward, seed, reuse=1, prompts_per_batch=b,
                     study="batch")
     return {g: (setups[g], runs[g]) for g in setups if runs[g]}
@@ -202,3 +204,12 @@ def run_study(config, *, show_progress=True):
                 record["curve_index"] = i
                 records.append(summarise(record, group_curves, i, final_probs))
     return records, curves, timings
+
+
+def save(out, records, curves, timings):
+    """results.json (one record per run, summary numbers) and metrics.npz (the curves, keyed
+    "<group>/<metric>", rows indexed by each record's `curve_index`)."""
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"runs": records, "timings": timings}, f, indent=1)
+    np.savez_compressed(os.path.join(out, "metrics.npz"),
+                        **{f"{g}/{k}": v for g, c in curves.items() for k, v in c.items()})

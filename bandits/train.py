@@ -112,7 +112,6 @@ def make_train(setup: BanditSetup):
     objectives = [a.objective for a in algorithms]
     on_policy_table = jnp.array([a.on_policy for a in algorithms])
     ref_logp = reference_logprobs(setup.reference)
-    num_actions = ref_logp.shape[0]
     policy = make_policy(setup.policy, ref_logp, env.PROMPT_DIM)
     B_max, M, N = setup.max_prompts_per_batch, setup.minibatch_prompts, setup.samples_per_prompt
 
