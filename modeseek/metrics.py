@@ -40,13 +40,16 @@ def preference_metrics(policy_chosen_logps, policy_rejected_logps, ref_chosen_lo
 def kl_divergence(logp, logq):
     """KL(p ‖ q) = Σ_a p(a) (log p(a) − log q(a)) over the last axis, exact; 0·log 0 = 0."""
     p = jnp.exp(logp)
-    return jnp.sum(jnp.where(p > 0, p * (logp - logq), 0.0), axis=-1)
+    pos = p > 0  # inner wheres keep the gradient finite where log p = −inf
+    diff = jnp.where(pos, logp, 0.0) - jnp.where(pos, logq, 0.0)
+    return jnp.sum(jnp.where(pos, p * diff, 0.0), axis=-1)
 
 
 def entropy(logp):
     """H(p) = −Σ_a p(a) log p(a) over the last axis."""
     p = jnp.exp(logp)
-    return -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1)
+    pos = p > 0
+    return -jnp.sum(jnp.where(pos, p * jnp.where(pos, logp, 0.0), 0.0), axis=-1)
 
 
 def expectation(logp, values):

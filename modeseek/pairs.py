@@ -47,7 +47,8 @@ def random_pairs_mask(key, rewards, *, threshold=0.0, where=None):
     r = jnp.asarray(rewards, jnp.float32)
     n = r.shape[-1]
     batch = r.shape[:-1]
-    noise = jax.random.uniform(key, batch + (n,))
+    # Invalid samples sort last, so the valid ones are matched among themselves.
+    noise = jnp.where(_valid(rewards, where), jax.random.uniform(key, batch + (n,)), 2.0)
     perm = jnp.argsort(noise, axis=-1)
     first, second = perm[..., 0:n - 1:2], perm[..., 1:n:2]
     one_hot = lambda i: jax.nn.one_hot(i, n, dtype=bool)

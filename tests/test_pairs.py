@@ -86,6 +86,10 @@ def test_random_pairs_is_oriented_matching(wrap):
     ranked = np.asarray(ms.ranked_pairs_mask(tied, where=w))
     assert not np.any(m3 & ~ranked)
     assert (m3.sum(-1) + m3.sum(-2)).max() <= 1
+    # with distinct rewards, the valid samples are matched among themselves: ⌊n_valid/2⌋ pairs
+    m4 = np.asarray(ms.random_pairs_mask(jax.random.key(3), r, where=w))
+    np.testing.assert_array_equal(m4.sum((-1, -2)), w.sum(-1) // 2)
+    assert not np.any(m4 & ~np.asarray(ms.ranked_pairs_mask(r, where=w)))
 
 
 def test_random_pairs_cover_all_pairs_uniformly():

@@ -135,6 +135,15 @@ def test_metrics_entropy_expectation():
     np.testing.assert_allclose(ms.expectation(logp, jnp.array([1.0, 2.0, 4.0, 100.0])), 2.0)
     np.testing.assert_allclose(ms.kl_divergence(logp, jnp.log(jnp.full(4, 0.25))),
                                2 * np.log(2) - 1.5 * np.log(2), rtol=1e-6)
+    # zero-probability actions (log p = −inf) leave the gradients finite
+    g = jax.grad(ms.entropy)(logp)
+    assert np.all(np.isfinite(np.asarray(g)))
+    g = jax.grad(lambda a: ms.kl_divergence(a, jnp.log(jnp.full(4, 0.25))))(logp)
+    assert np.all(np.isfinite(np.asarray(g)))
+    # ∂H/∂log p(a) = −p(a)(log p(a) + 1): (−½(1 − log 2), −¼(1 − log 4), same, 0)
+    np.testing.assert_allclose(jax.grad(ms.entropy)(logp),
+                               [-0.5 * (1 - np.log(2)), -0.25 * (1 - np.log(4)),
+                                -0.25 * (1 - np.log(4)), 0.0], rtol=1e-5, atol=1e-7)
 
 
 def test_vmap_equals_loop():
