@@ -40,7 +40,8 @@ def best_vs_worst_mask(rewards, *, threshold=0.0, where=None):
 
 
 def random_pairs_mask(key, rewards, *, threshold=0.0, where=None):
-    """A random perfect matching of the N samples into ⌊N/2⌋ pairs, oriented by reward.
+    """A random perfect matching of the N samples into ⌊N/2⌋ pairs, oriented by reward (of the
+    valid samples only when `where` is given; tied or sub-threshold pairs are dropped).
 
     Shapes: rewards [..., N]; the permutation is drawn independently per leading index.
     """

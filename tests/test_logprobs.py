@@ -40,6 +40,10 @@ def test_sequence_logprobs_hand_example():
     out = wrap(ms.sequence_logprobs)(jnp.asarray(HAND_LOGITS), jnp.asarray(HAND_TOKENS),
                                      jnp.array([[0, 0, 1]]))
     np.testing.assert_allclose(out, [-0.4401897], atol=1e-6)
+    # mask[:, 0] is ignored: nothing predicts the first token
+    out = wrap(ms.sequence_logprobs)(jnp.asarray(HAND_LOGITS), jnp.asarray(HAND_TOKENS),
+                                     jnp.array([[1, 1, 1]]))
+    np.testing.assert_allclose(out, [-1.8264841], atol=1e-6)
 
 
 def test_shift_by_one_changes_answer():
