@@ -31,6 +31,13 @@ def logratio_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps
 
 def _margin_checked(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                     ref_rejected_logps):
+    # Broadcasting is allowed (pairwise_loss evaluates [..., N, 1] against [..., 1, N]) but
+    # only between arrays of equal rank, so [B] against [B, 1] cannot silently give [B, B].
+    arrays = dict(policy_chosen_logps=policy_chosen_logps,
+                  policy_rejected_logps=policy_rejected_logps,
+                  ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps)
+    if len({jnp.ndim(x) for x in arrays.values()}) > 1:
+        check_same_shape(**arrays)
     try:
         jnp.broadcast_shapes(*(jnp.shape(x) for x in (
             policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)))

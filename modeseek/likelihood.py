@@ -67,12 +67,15 @@ def best_of_n_loss(logps, rewards, *, top_k=1, negative=None, negative_coef=1.0,
     if negative_clip is not None:
         neg = jnp.maximum(neg, -negative_clip)
     rewards = jnp.asarray(rewards, jnp.float32)
+    # Negatives are strictly worse than the best and never among the cloned top-k, so no
+    # sample is pulled up and pushed down at once (ties with the best are left alone).
+    best = jnp.max(jnp.where(valid, rewards, -jnp.inf), axis=-1, keepdims=True)
+    worse = valid & (rewards < best) & ~chosen
     if negative == "worst":
         num_valid = jnp.sum(valid, axis=-1, keepdims=True)
-        is_neg = (ranks == num_valid - 1) & (num_valid > 1)
+        is_neg = worse & (ranks == num_valid - 1)
     else:
-        best = jnp.max(jnp.where(valid, rewards, -jnp.inf), axis=-1, keepdims=True)
-        is_neg = valid & (rewards < best)
+        is_neg = worse
     has_neg = jnp.any(is_neg, axis=-1)
     return loss + jnp.where(has_neg, negative_coef * masked_mean(neg, is_neg, axis=-1), 0.0)
 

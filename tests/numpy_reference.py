@@ -110,11 +110,13 @@ def best_of_n_row(logps, rewards, valid=None, top_k=1, negative=None, coef=1.0, 
     loss = -np.mean([logps[i] for i in chosen])
     if negative is None:
         return loss
+    # Negatives: strictly worse than the best and not among the cloned top-k.
+    best = max(rewards[i] for i in order)
+    worse = [i for i in order if rewards[i] < best and i not in chosen]
     if negative == "worst":
-        negs = [order[-1]] if len(order) > 1 else []
+        negs = [order[-1]] if order[-1] in worse else []
     else:
-        best = max(rewards[i] for i in order)
-        negs = [i for i in order if rewards[i] < best]
+        negs = worse
     if not negs:
         return loss
     vals = []
