@@ -1,0 +1,106 @@
+"""The synthetic tier of Tajwar et al. (ICML 2024): length tasks and the token bandit
+(PAPER.md §4 token variant, §5).
+
+Command:   python -m synthetic                                  (length study, runs/synthetic-*)
+           python -m synthetic --quick                          (same, small: < 2 min)
+           python -m synthetic --config configs/synthetic.py:token_bandit
+Runtime:   default ≈ 15 min on an idle 2-core CPU (3 tasks × 6 algorithms × 3 seeds vmapped,
+           6 compiled programs; reference + 3 proxy RMs ≈ 2 min, cached in runs/synthetic-cache
+           and reused by later studies); `quick` ≈ 1–2 min.
+Expected:  on Min and Skew Length on-policy DPO shortens responses fastest (the paper: ≈ 0
+           tokens within ≈ 75 steps), offline DPO and the maximum-likelihood methods lag; on
+           Mode Length (reward peak at the reference's mode) all methods end close together.
+
+Model sizes: the length tasks use `DecoderConfig.tiny` (2 layers, 48 dims) on a 32-token
+language with responses of at most 47 tokens + EOS, mode 16 (smaller than the issue's example
+range 1–64 / mode 24 so the study fits its CPU budget); the token bandit uses the authors'
+3-layer, 3-head, 48-dim GPT.
+"""
+
+import ml_collections
+
+CORE = ("onpolicy_dpo", "offline_dpo", "ppo", "onpolicy_rwr", "pref_ft", "onpolicy_bofn")
+ALL = CORE + ("onpolicy_ipo", "offline_ipo", "reinforce", "rloo")
+
+LEARNING_RATES = {
+    "onpolicy_dpo": 1e-3, "onpolicy_ipo": 1e-3, "offline_dpo": 1e-3, "offline_ipo": 1e-3,
+    "pref_ft": 1e-3, "onpolicy_bofn": 1e-3, "onpolicy_rwr": 1e-3, "reinforce": 1e-3,
+    "rloo": 1e-3, "ppo": 1e-3,
+}
+
+
+def _length_data():
+    return ml_collections.ConfigDict(dict(
+        vocab_size=32, prompt_len=4, max_new_tokens=48, mode=16.0,
+        sft_examples=8192, sft_steps=400, sft_batch=64, sft_lr=3e-3,
+        pref_prompts=2048, heldout_fraction=0.1, skew_cap=12, offline_pairs_max=1024,
+        rm_steps=300, rm_batch=64, rm_lr=1e-3, pool_prompts=1024))
+
+
+def _token_data():
+    return ml_collections.ConfigDict(dict(
+        vocab_size=100, prompt_len=1, max_new_tokens=9, mode=0.0,
+        sft_examples=8192, sft_steps=300, sft_batch=64, sft_lr=3e-3,
+        pref_prompts=1024, heldout_fraction=0.1, skew_cap=0, offline_pairs_max=1024,
+        rm_steps=0, rm_batch=0, rm_lr=0.0, pool_prompts=100))
+
+
+def get_config(arg: str = ""):
+    """arg: "" (length study), "quick", "token_bandit", "token_quick" or "tiny" (tests)."""
+    c = ml_collections.ConfigDict()
+    c.study = "length"
+    c.tasks = ("min", "mode", "skew")
+    c.algorithms = CORE
+    c.seeds = 3
+    c.data_seed = 0
+    c.iterations = 40
+    c.iterations_per_chunk = 10
+    c.prompts_per_iteration = 8      # B/C
+    c.samples_per_prompt = 4         # C
+    c.minibatch_prompts = 8          # M (one minibatch per pass: T gradient steps/iteration)
+    c.reuse = 2                      # T
+    c.offline_pairs = 16             # pairs per offline step (= B/C·C/2 sequences' worth)
+    c.learning_rates = ml_collections.ConfigDict(LEARNING_RATES)
+    c.hparams = ml_collections.ConfigDict(dict(
+        beta=0.1, tau=0.05, threshold=0.0, label_smoothing=0.0, clip_eps=0.2, kl_coef=0.05,
+        negative_coef=1.0, rwr_beta=1.0, weight_clip=10.0, vf_coef=0.1, gae_lambda=0.95,
+        value_clip=0.2))
+    c.overrides = ml_collections.ConfigDict({})
+    c.data = _length_data()
+
+    if arg in ("token_bandit", "token_quick"):
+        c.study = "token_bandit"
+        c.tasks = ("R1", "R2")
+        c.data = _token_data()
+        c.iterations = 60
+        if arg == "token_quick":
+            c.seeds, c.iterations = 1, 20
+    elif arg == "quick":
+        c.seeds = 1
+        c.iterations = 20
+        c.data.sft_steps = 300
+        c.data.rm_steps = 200
+    elif arg == "tiny":  # tests: every code path in seconds
+        c.seeds = 1
+        c.iterations = 2
+        c.iterations_per_chunk = 2
+        c.prompts_per_iteration = 2
+        c.minibatch_prompts = 2
+        c.samples_per_prompt = 2
+        c.offline_pairs = 2
+        c.reuse = 1
+        c.data.max_new_tokens = 12
+        c.data.mode = 5.0
+        c.data.skew_cap = 3
+        c.data.sft_examples = 512
+        c.data.sft_steps = 30
+        c.data.sft_batch = 16
+        c.data.pref_prompts = 128
+        c.data.rm_steps = 30
+        c.data.rm_batch = 16
+        c.data.pool_prompts = 16
+    elif arg:
+        raise ValueError(f"unknown configs/synthetic.py argument {arg!r}; use '', 'quick', "
+                         "'token_bandit', 'token_quick' or 'tiny'")
+    c.lock()
+    return c

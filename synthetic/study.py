@@ -1,0 +1,300 @@
+"""The synthetic study: build tasks (reference SFT, preference sets, proxy RMs; cached), then
+run every algorithm × task × seed with `synthetic.train`.
+
+`build_tasks(config, cache_dir)` returns {task: (TaskData, info)}; `run_study` compiles one
+`jit(vmap(chunk))` per algorithm (seeds are the vmapped axis) and reuses it for every task,
+returning run records (summary numbers) and curves {(task, algorithm): {metric: [seeds, I]}}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+import modeseek
+from modeseek.sampler import sample
+from synthetic import models, tasks
+from synthetic.train import SUPPORTED, Setup, TaskData, make_train
+
+TOKEN_TASKS = {"R1": 70.0, "R2": 20.0}
+
+
+def validate(config):
+    """Fail before any compilation on bad values, naming the field."""
+    if config.study not in ("length", "token_bandit"):
+        raise ValueError(f"config.study must be 'length' or 'token_bandit', got {config.study!r}")
+    known = tasks.LENGTH_TASKS if config.study == "length" else tuple(TOKEN_TASKS)
+    for t in config.tasks:
+        if t not in known:
+            raise ValueError(f"config.tasks: unknown task {t!r} for study {config.study!r}; "
+                             f"known: {', '.join(known)}")
+    for name in config.algorithms:
+        modeseek.get_algorithm(name)  # unknown names raise, listing the known ones
+        if name not in SUPPORTED:
+            raise ValueError(f"config.algorithms: {name} is not supported here; supported: "
+                             f"{', '.join(SUPPORTED)}")
+        if not config.learning_rates.get(name, 0) > 0:
+            raise ValueError(f"config.learning_rates.{name} must be > 0")
+    for name in ("seeds", "iterations", "iterations_per_chunk", "prompts_per_iteration",
+                 "samples_per_prompt", "minibatch_prompts", "reuse", "offline_pairs"):
+        if not int(config[name]) >= 1:
+            raise ValueError(f"config.{name} must be >= 1, got {config[name]}")
+    if config.iterations % config.iterations_per_chunk:
+        raise ValueError(f"config.iterations ({config.iterations}) must be a multiple of "
+                         f"config.iterations_per_chunk ({config.iterations_per_chunk})")
+    if config.prompts_per_iteration % config.minibatch_prompts:
+        raise ValueError("config.prompts_per_iteration must be a multiple of "
+                         "config.minibatch_prompts")
+    if config.samples_per_prompt < 2:
+        raise ValueError("config.samples_per_prompt must be >= 2 (pairs need two samples)")
+    for name in ("beta", "tau", "rwr_beta", "clip_eps"):
+        if not config.hparams[name] > 0:
+            raise ValueError(f"config.hparams.{name} must be > 0, got {config.hparams[name]}")
+    d = config.data
+    if config.study == "length" and not 1 < d.mode < d.max_new_tokens - 1:
+        raise ValueError(f"config.data.mode must lie inside (1, max_new_tokens − 1), got {d.mode}")
+
+
+def _sample_reference(key, ref, cfg, prompts, max_new_tokens, eos_id, per_call=256):
+    """Two reference samples per prompt: (responses [K, 2, T], masks [K, 2, T])."""
+    outs = []
+    for i in range(0, len(prompts), per_call):
+        p = jnp.asarray(np.repeat(prompts[i:i + per_call], 2, 0))
+        o = sample(jax.random.fold_in(key, i), ref, cfg, p, jnp.ones_like(p),
+                   max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=tasks.PAD)
+        outs.append((np.asarray(o.response_tokens), np.asarray(o.response_mask)))
+    resp = np.concatenate([o[0] for o in outs]).reshape(len(prompts), 2, -1)
+    mask = np.concatenate([o[1] for o in outs]).reshape(len(prompts), 2, -1)
+    return resp, mask
+
+
+_OFFLINE = ("prompts", "chosen", "chosen_mask", "rejected", "rejected_mask")
+
+
+def _fixed_size(arrays, size):
+    """Exactly `size` rows (cycling when fewer), so every task's offline set has one shape and
+    the tasks share a compiled program."""
+    n = len(next(iter(arrays.values())))
+    return {k: v[np.arange(size) % n] for k, v in arrays.items()}
+
+
+def _full(prompts, resp, mask):
+    return (np.concatenate([prompts, resp], 1),
+            np.concatenate([np.ones_like(prompts), mask], 1).astype(np.int32))
+
+
+def _reference(config, cache_dir, log):
+    d = config.data
+    if config.study == "length":
+        cfg = models.length_model_config(d.vocab_size, d.prompt_len + d.max_new_tokens)
+    else:
+        cfg = models.token_model_config(d.vocab_size)
+    spec = dict(study=config.study, data=d.to_dict(), model=str(cfg), seed=config.data_seed)
+    key = models.cache_key(f"reference-{config.study}", spec)
+    hit = models.load_cached(cache_dir, key)
+    if hit is not None:
+        log(f"reference: cached {key}")
+        return cfg, hit[0]["params"], dict(hit[1], key=key)
+    rng = np.random.default_rng(config.data_seed)
+    t0 = time.perf_counter()
+    if config.study == "length":
+        prompts = tasks.language_prompts(rng, d.sft_examples, d.vocab_size, d.prompt_len)
+        resp, mask = tasks.language_responses(rng, prompts, tasks.transition_matrix(
+            d.vocab_size, config.data_seed), tasks.length_pmf(d.max_new_tokens, d.mode))
+        tok, lm = np.concatenate([prompts, resp], 1), np.concatenate(
+            [np.zeros_like(prompts), mask], 1)
+        soft = None
+    else:
+        soft = tasks.cauchy_histogram(d.vocab_size)
+        tok, lm = tasks.token_sft_data(rng, d.sft_examples, soft, d.max_new_tokens)
+    params, losses = models.train_reference(
+        jax.random.key(config.data_seed), cfg, tok, lm, steps=d.sft_steps, batch=d.sft_batch,
+        learning_rate=d.sft_lr, soft_target=soft)
+    meta = dict(sft_loss_first=float(losses[:10].mean()), sft_loss_last=float(losses[-10:].mean()),
+                sft_seconds=time.perf_counter() - t0, spec=spec)
+    models.save_cached(cache_dir, key, {"params": params}, meta)
+    log(f"reference: trained in {meta['sft_seconds']:.0f} s, SFT loss "
+        f"{meta['sft_loss_first']:.3f} -> {meta['sft_loss_last']:.3f}")
+    return cfg, params, dict(meta, key=key)
+
+
+def _length_task(config, cfg, ref, ref_key, task, cache_dir, log):
+    d = config.data
+    spec = dict(task=task, data=d.to_dict(), model=str(cfg), seed=config.data_seed,
+                ref=ref_key)
+    key = models.cache_key(f"length-{task}", spec)
+    hit = models.load_cached(cache_dir, key)
+    if hit is None:
+        rng = np.random.default_rng(config.data_seed + 1)
+        prompts = tasks.language_prompts(rng, d.pref_prompts, d.vocab_size, d.prompt_len)
+        resp, mask = _sample_reference(jax.random.key(config.data_seed + 1), ref, cfg, prompts,
+                                       d.max_new_tokens, tasks.EOS)
+        pairs = tasks.preference_pairs(np.random.default_rng(config.data_seed + 2), task,
+                                       prompts, resp, mask, skew_cap=d.skew_cap)
+        n = len(pairs["prompts"])
+        n_eval = max(int(n * d.heldout_fraction), 1)
+        seqs = [_full(pairs["prompts"], pairs[a], pairs[a + "_mask"])
+                for a in ("chosen", "rejected")]
+        flat = [x for s in seqs for x in s]
+        rm, rm_losses = models.train_reward_model(
+            jax.random.key(config.data_seed + 3), cfg, ref, [x[n_eval:] for x in flat],
+            steps=d.rm_steps, batch=d.rm_batch, learning_rate=d.rm_lr)
+        meta = dict(
+            task=task, mode=int(pairs["mode"]), pairs=n, heldout_pairs=n_eval,
+            dropped_ties=pairs["dropped_ties"],
+            rm_heldout_accuracy=models.preference_accuracy(rm, cfg, [x[:n_eval] for x in flat]),
+            rm_train_accuracy=models.preference_accuracy(rm, cfg, [x[n_eval:] for x in flat]),
+            rm_loss_first=float(rm_losses[:10].mean()), rm_loss_last=float(rm_losses[-10:].mean()),
+            ref_mean_length=float(tasks.response_lengths(
+                resp.reshape(-1, resp.shape[-1]), mask.reshape(-1, mask.shape[-1])).mean()),
+            data_mean_length=float(np.mean(np.concatenate(
+                [pairs["chosen_length"], pairs["rejected_length"]]))))
+        offline = _fixed_size({k: pairs[k][n_eval:] for k in _OFFLINE}, d.offline_pairs_max)
+        models.save_cached(cache_dir, key, {"rm": rm, "offline": offline}, meta)
+        log(f"{task}: RM held-out accuracy {meta['rm_heldout_accuracy']:.3f} on {n_eval} pairs")
+        hit = models.load_cached(cache_dir, key)
+    else:
+        log(f"{task}: cached {key}")
+    arrays, meta = hit
+    offline = {k: jnp.asarray(v) for k, v in arrays["offline"].items()}
+    pool = tasks.language_prompts(np.random.default_rng(config.data_seed + 4), d.pool_prompts,
+                                  d.vocab_size, d.prompt_len)
+    data = TaskData(prompts=jnp.asarray(pool), ref_params=ref, rm_params=arrays["rm"],
+                    offline=offline, mode=jnp.float32(meta["mode"]),
+                    gold_is_mode=jnp.asarray(task == "mode"), peak=jnp.float32(0.0))
+    return data, meta
+
+
+def _token_task(config, cfg, ref, task):
+    d = config.data
+    peak = TOKEN_TASKS[task]
+    rng = np.random.default_rng(config.data_seed + 1)
+    prompts = rng.integers(0, d.vocab_size, (d.pref_prompts, 1)).astype(np.int32)
+    resp, _ = _sample_reference(jax.random.key(config.data_seed + 1), ref, cfg, prompts,
+                                d.max_new_tokens, None)
+    pairs = tasks.bump_pairs(prompts, resp, peak)
+    offline = {k: jnp.asarray(v) for k, v in
+               _fixed_size({k: pairs[k] for k in _OFFLINE}, d.offline_pairs_max).items()}
+    ref_reward = float(np.mean(tasks.bump_reward(jnp.asarray(resp[:, 0]),
+                                                 jnp.ones(resp[:, 0].shape), peak)))
+    meta = dict(task=task, peak=peak, pairs=len(pairs["prompts"]),
+                dropped_ties=pairs["dropped_ties"], ref_reward=ref_reward)
+    data = TaskData(prompts=jnp.asarray(tasks.token_prompts(d.vocab_size)), ref_params=ref,
+                    rm_params=None, offline=offline, mode=jnp.float32(0.0),
+                    gold_is_mode=jnp.asarray(False), peak=jnp.float32(peak))
+    return data, meta
+
+
+def build_tasks(config, cache_dir, log=print):
+    """(model config, reference meta, {task: (TaskData, meta)}); trained pieces are cached."""
+    cfg, ref, ref_meta = _reference(config, cache_dir, log)
+    if config.study == "length":
+        built = {t: _length_task(config, cfg, ref, ref_meta["key"], t, cache_dir, log)
+                 for t in config.tasks}
+    else:
+        built = {t: _token_task(config, cfg, ref, t) for t in config.tasks}
+    return cfg, ref_meta, built
+
+
+def make_setup(config, cfg, algorithm) -> Setup:
+    d = config.data
+    hp = dict(config.hparams)
+    hp.update(config.overrides.get(algorithm, {}))
+    return Setup(
+        algorithm=algorithm, model=cfg, prompt_len=d.prompt_len,
+        max_new_tokens=d.max_new_tokens,
+        eos_id=tasks.EOS if config.study == "length" else None,
+        reward="proxy" if config.study == "length" else "bump",
+        prompts_per_iteration=config.prompts_per_iteration,
+        samples_per_prompt=config.samples_per_prompt, minibatch_prompts=config.minibatch_prompts,
+        reuse=config.reuse, offline_pairs=config.offline_pairs,
+        iterations_per_chunk=config.iterations_per_chunk,
+        learning_rate=config.learning_rates[algorithm], hparams=tuple(sorted(hp.items())))
+
+
+def run_algorithm(setup: Setup, task_data: dict, *, seeds: int, iterations: int, bar=None):
+    """Every task for one algorithm, seeds vmapped: {task: {metric: [seeds, iterations]}}."""
+    init, chunk = make_train(setup)
+    init = jax.jit(jax.vmap(init, in_axes=(0, None)))
+    chunk = jax.jit(jax.vmap(chunk, in_axes=(0, None)))
+    out, timing = {}, {"compile_s": 0.0, "run_s": 0.0}
+    for task, data in task_data.items():
+        keys = jax.vmap(jax.random.key)(jnp.arange(seeds))
+        carry = init(keys, data)
+        rows = []
+        for c in range(iterations // setup.iterations_per_chunk):
+            t0 = time.perf_counter()
+            carry, metrics = chunk(carry, data)
+            metrics = jax.device_get(metrics)
+            dt = time.perf_counter() - t0
+            timing["compile_s" if c == 0 and not out else "run_s"] += dt
+            rows.append(metrics)
+            if bar is not None:
+                bar.update(setup.iterations_per_chunk)
+        out[task] = {k: np.concatenate([r[k] for r in rows], 1) for k in rows[0]}
+    return out, timing
+
+
+def steps_to(curve, threshold, steps_per_iteration):
+    """First gradient step count at which `curve` (higher is better) reaches threshold."""
+    hits = np.nonzero(curve >= threshold)[0]
+    return int(hits[0]) * steps_per_iteration if hits.size else None
+
+
+def run_study(config, cache_dir, *, show_progress=True, log=print):
+    """Returns (records, curves {"task/algorithm": {metric: [seeds, I]}}, info)."""
+    validate(config)
+    t0 = time.perf_counter()
+    cfg, ref_meta, built = build_tasks(config, cache_dir, log)
+    info = dict(reference=ref_meta, tasks={t: m for t, (_, m) in built.items()},
+                build_seconds=time.perf_counter() - t0, timings={})
+    task_data = {t: d for t, (d, _) in built.items()}
+    records, curves = [], {}
+    total = len(config.algorithms) * len(task_data) * config.iterations
+    with tqdm.tqdm(total=total, desc="synthetic iterations", unit="it",
+                   disable=not show_progress) as bar:
+        for algorithm in config.algorithms:
+            setup = make_setup(config, cfg, algorithm)
+            result, timing = run_algorithm(setup, task_data, seeds=config.seeds,
+                                           iterations=config.iterations, bar=bar)
+            info["timings"][algorithm] = timing
+            alg = modeseek.get_algorithm(algorithm)
+            for task, m in result.items():
+                curves[f"{task}/{algorithm}"] = m
+                tail = max(config.iterations // 10, 1)
+                for seed in range(config.seeds):
+                    records.append(dict(
+                        task=task, algorithm=algorithm, seed=seed, on_policy=alg.on_policy,
+                        negative_gradient=alg.negative_gradient, reuse=setup.reuse,
+                        steps_per_iteration=setup.steps_per_iteration,
+                        learning_rate=setup.learning_rate,
+                        initial_gold=float(m["gold"][seed, 0]),
+                        final_gold=float(m["gold"][seed, -tail:].mean()),
+                        final_length=float(m["length"][seed, -tail:].mean()),
+                        final_mode_distance=float(m["mode_distance"][seed, -tail:].mean()),
+                        final_kl_ref=float(m["kl_ref"][seed, -tail:].mean()),
+                        finite=bool(all(np.isfinite(v[seed]).all() for v in m.values()))))
+    info["total_seconds"] = time.perf_counter() - t0
+    return records, curves, info
+
+
+def save(out, records, curves, info):
+    """results.json (records + info) and metrics.jsonl (one line per task/algorithm/seed/
+    iteration with every metric)."""
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"runs": records, "info": info}, f, indent=1, default=str)
+    with open(os.path.join(out, "metrics.jsonl"), "w") as f:
+        for name, m in curves.items():
+            task, algorithm = name.split("/")
+            seeds, iters = next(iter(m.values())).shape
+            for s in range(seeds):
+                for i in range(iters):
+                    row = {k: round(float(v[s, i]), 5) for k, v in m.items()}
+                    f.write(json.dumps(dict(task=task, algorithm=algorithm, seed=s,
+                                            iteration=i, **row)) + "\n")
