@@ -146,3 +146,9 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
         out[name] = jax.make_array_from_process_local_data(
             batch_sharding(mesh, value.ndim), value)
     return out
+
+
+def batch_size_multiple(mesh: Mesh, batch_size: int) -> int:
+    """`batch_size` rounded up to a multiple of the batch axes (data × fsdp) and processes."""
+    unit = math.lcm(_mesh_size(mesh, BATCH_AXES), jax.process_count())
+    return -(-int(batch_size) // unit) * unit

@@ -32,11 +32,12 @@ def param_shardings(config: dec.DecoderConfig, mesh, *, with_head: bool = False)
     """(NamedShardings for the decoder params — or {"decoder", "head"} of a scalar model —,
     list of replicated fallback dimensions)."""
     axes = dec.param_axes(config)
-    shapes = jax.eval_shape(dec.init_params, jax.random.key(0), config)
+    shapes = jax.eval_shape(functools.partial(dec.init_params, config=config), jax.random.key(0))
     if with_head:
         axes = {"decoder": axes, "head": dec.scalar_head_axes(config)}
         shapes = {"decoder": shapes,
-                  "head": jax.eval_shape(dec.init_scalar_head, jax.random.key(0), config)}
+                  "head": jax.eval_shape(functools.partial(dec.init_scalar_head, config=config),
+                                         jax.random.key(0))}
     return shd.tree_shardings(axes, shapes, mesh)
 
 

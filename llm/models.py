@@ -1,0 +1,166 @@
+"""What a stage needs around its loop: the base model and tokenizer, parameters placed in their
+shardings, the reward model of an earlier stage, evaluation, and the stage's final output.
+
+Models (`cfg.model`): "tiny" (a randomly initialised `DecoderConfig.tiny` over
+`llm.byte_tokenizer`, for tests and smoke runs), "smollm2" (the embedded SmolLM2-135M-Instruct
+GGUF), a `.gguf` file or a Hugging Face folder (safetensors). A stage starts from the base model
+or, with `init=<stage name>`, from that earlier stage's saved parameters; each stage saves its
+final parameters to <stage>/params (orbax) and its summary to <stage>/summary.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from llm import checkpointing, steps
+from llm import sharding as shd
+from llm import state as st
+from llm.byte_tokenizer import VOCAB_SIZE, ByteTokenizer
+from llm.checkpoints import load_model
+from llm.data import make_loader
+from modeseek import decoder as dec
+from modeseek import sampler
+
+
+@functools.lru_cache(maxsize=2)
+def load_base(name: str, max_len: int = 1024):
+    """(DecoderConfig, host params or None for random init, tokenizer), cached per process."""
+    if name == "tiny":
+        return dec.DecoderConfig.tiny(vocab_size=VOCAB_SIZE, max_len=max_len), None, ByteTokenizer()
+    config, params, tokenizer = load_model(name)
+    return config, jax.tree.map(np.asarray, params), tokenizer
+
+
+def _abstract(shapes, shardings):
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, shardings)
+
+
+@dataclasses.dataclass
+class StageEnv:
+    cfg: Any
+    stage_cfg: Any
+    experiment_dir: str
+    mesh: Any
+    model_config: dec.DecoderConfig
+    host_params: Any
+    tokenizer: Any
+
+    @classmethod
+    def create(cls, cfg, stage_cfg, stage_dir, mesh):
+        config, host_params, tokenizer = load_base(cfg.model)
+        return cls(cfg, stage_cfg, os.path.dirname(os.path.abspath(stage_dir)), mesh, config,
+                   host_params, tokenizer)
+
+    # ------------------------------------------------------------------ parameters
+    def base_params(self):
+        shardings, fallbacks = st.param_shardings(self.model_config, self.mesh)
+        if fallbacks and jax.process_index() == 0:
+            print(f"sharding: replicated (not divisible): {', '.join(fallbacks)}")
+        if self.host_params is None:
+            key = jax.random.key(self.cfg.seed)
+            return st.init_params_sharded(key, self.model_config, shardings), shardings
+        return shd.place_params(self.host_params, shardings), shardings
+
+    def load_stage_params(self, stage_name: str, *, with_head: bool):
+        shardings, _ = st.param_shardings(self.model_config, self.mesh, with_head=with_head)
+        init = dec.init_scalar_model if with_head else dec.init_params
+        shapes = jax.eval_shape(functools.partial(init, config=self.model_config),
+                                jax.random.key(0))
+        path = os.path.join(self.experiment_dir, stage_name, "params")
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"{path}: stage {stage_name!r} has not finished (no params)")
+        return checkpointing.load_params(path, _abstract(shapes, shardings)), shardings
+
+    def initial_params(self, *, with_head: bool = False):
+        """(params, shardings) of the policy (or of a scalar model when `with_head`)."""
+        init = self.stage_cfg.get("init", "")
+        if init:
+            decoder, dec_sh = self.load_stage_params(init, with_head=False)
+        else:
+            decoder, dec_sh = self.base_params()
+        if not with_head:
+            return decoder, dec_sh
+        head = dec.init_scalar_head(jax.random.key(self.cfg.seed + 1), self.model_config)
+        head_sh = jax.tree.map(lambda _: shd.replicated(self.mesh), head)
+        head = shd.place_params(jax.device_get(head), head_sh)
+        return {"decoder": decoder, "head": head}, {"decoder": dec_sh, "head": head_sh}
+
+    def reward_params(self):
+        name = self.stage_cfg.get("reward_model", "")
+        return self.load_stage_params(name, with_head=True)[0] if name else None
+
+    # ------------------------------------------------------------------ evaluation
+    def _loader(self, batch_size, prompts_only):
+        per_process = shd.batch_size_multiple(self.mesh, batch_size) // jax.process_count()
+        data = self.cfg.data
+        it, _ = make_loader(data.test, self.tokenizer, batch_size=per_process,
+                            max_prompt_len=data.max_prompt_len,
+                            max_response_len=None if prompts_only else data.max_response_len,
+                            prompts_only=prompts_only, shuffle=False, num_epochs=1,
+                            use_chat_template=data.use_chat_template, num_threads=1,
+                            skip_bad_rows=data.skip_bad_rows)
+        return it
+
+    def make_evaluator(self, kind: str):
+        """params -> eval metrics: held-out pair accuracy for reward models, else the length,
+        gold reward (−length) and proxy reward of one sample per held-out prompt."""
+        ev = self.cfg.eval
+        if kind == "reward_model":
+            pairs = [shd.global_batch({k: b[k] for k in steps_keys()}, self.mesh)
+                     for b in self._loader(ev.batch_size, False)]
+            scores_fn = st.jit_eval(lambda p, b: steps.reward_scores(p, self.model_config, b),
+                                    self.mesh)
+
+            def evaluate_rm(params):
+                scores = np.concatenate([jax.device_get(scores_fn(params, b)) for b in pairs])
+                return {"eval/accuracy": float(np.mean(scores[:, 0] > scores[:, 1])),
+                        "eval/margin": float(np.mean(scores[:, 0] - scores[:, 1]))}
+            return evaluate_rm
+        prompts = next(iter(self._loader(ev.num_prompts, True)))
+        prompts = shd.global_batch({k: prompts[k] for k in ("prompt_tokens", "prompt_mask")},
+                                   self.mesh)
+        reward = self.reward_params()
+        pad_id = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
+
+        def sample_and_score(params, reward_params, key):
+            out = sampler.sample(key, params, self.model_config, prompts["prompt_tokens"],
+                                 prompts["prompt_mask"], max_new_tokens=ev.max_new_tokens,
+                                 temperature=ev.temperature, eos_id=self.tokenizer.eos_id,
+                                 pad_id=pad_id)
+            length = out.response_mask.sum(1).astype(np.float32)
+            proxy = (dec.score(reward_params, self.model_config, out.tokens, out.mask)
+                     if reward_params is not None else -length)
+            return {"eval/length": length.mean(), "eval/gold_reward": -length.mean(),
+                    "eval/proxy_reward": proxy.mean()}
+
+        run = st.jit_eval(sample_and_score, self.mesh)
+        key = jax.random.key(self.cfg.seed + 7)  # the same samples' randomness at every eval
+
+        def evaluate_policy(params):
+            params = params["decoder"] if "decoder" in params else params
+            return {k: float(v) for k, v in jax.device_get(run(params, reward, key)).items()}
+        return evaluate_policy
+
+    # ------------------------------------------------------------------ output
+    def finish(self, stage_dir: str, params, last_metrics: dict) -> dict:
+        checkpointing.save_params(os.path.join(stage_dir, "params"), params)
+        summary = {"status": "done", "stage": self.stage_cfg.name, "kind": self.stage_cfg.kind,
+                   "algorithm": self.stage_cfg.get("algorithm", ""),
+                   "final": {k: float(v) for k, v in last_metrics.items()}}
+        if jax.process_index() == 0:
+            with open(os.path.join(stage_dir, "summary.json"), "w") as f:
+                json.dump(summary, f, indent=2)
+        return summary
+
+
+def steps_keys():
+    return ("prompt_tokens", "prompt_mask", "chosen_tokens", "chosen_mask", "rejected_tokens",
+            "rejected_mask")

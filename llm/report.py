@@ -1,0 +1,115 @@
+"""report.md for an LLM experiment folder: length curves, a stage table, time split and the
+paper's Min Length finding checked with the run's numbers.
+
+x axis of the curves: gradient steps (an on-policy iteration counts `reuse × P / minibatch`
+steps), so offline and on-policy methods are compared at the same number of updates.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from llm.logs import read_metrics
+from modeseek.taxonomy import get_algorithm
+
+
+def _updates_per_logged_step(stage_cfg) -> int:
+    if stage_cfg.kind != "onpolicy":
+        return 1
+    return stage_cfg.reuse * (stage_cfg.prompts_per_iteration // stage_cfg.minibatch_prompts)
+
+
+def _curve(rows, key, scale):
+    pts = [(r["step"] * scale, r[key]) for r in rows if key in r]
+    return np.asarray(pts, float).reshape(-1, 2)
+
+
+def plot_curves(workdir, cfg, names, key, ylabel, filename) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = False
+    for name in names:
+        rows = read_metrics(os.path.join(workdir, name))
+        pts = _curve(rows, key, _updates_per_logged_step(cfg.stages[name]))
+        if len(pts):
+            ax.plot(pts[:, 0], pts[:, 1], marker="o", label=name)
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("gradient steps")
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, filename), dpi=100)
+    plt.close(fig)
+    return filename
+
+
+def _fmt(x):
+    return "–" if x is None or not np.isfinite(x) else f"{x:.3g}"
+
+
+def _first_last(rows, key):
+    vals = [r[key] for r in rows if key in r]
+    return (vals[0], vals[-1]) if vals else (None, None)
+
+
+def write_report(workdir: str, cfg, *, wall_seconds: float | None = None) -> str:
+    names = [n for n in cfg.stage_order if os.path.exists(os.path.join(workdir, n))]
+    policy = [n for n in names if cfg.stages[n].kind in ("offline", "onpolicy", "sft")]
+    lines = [f"# LLM run: {cfg.model}", ""]
+    if wall_seconds is not None:
+        lines += [f"Wall time (all stages): {wall_seconds / 60:.1f} min.", ""]
+    for key, label, fname in (("eval/length", "response length (tokens)", "length.png"),
+                              ("eval/proxy_reward", "proxy reward (RM)", "proxy_reward.png")):
+        if plot_curves(workdir, cfg, policy, key, label, fname):
+            lines += [f"![{label}]({fname})", ""]
+    lines += ["| stage | kind | algorithm | cell | eval length start → end | proxy reward start "
+              "→ end | RM held-out accuracy |", "|---|---|---|---|---|---|---|"]
+    finals = {}
+    for n in names:
+        s = cfg.stages[n]
+        rows = read_metrics(os.path.join(workdir, n))
+        cell = get_algorithm(s.algorithm).cell if s.algorithm else ""
+        l0, l1 = _first_last(rows, "eval/length")
+        r0, r1 = _first_last(rows, "eval/proxy_reward")
+        _, acc = _first_last(rows, "eval/accuracy")
+        finals[n] = l1
+        lines.append(f"| {n} | {s.kind} | {s.algorithm} | {cell} | {_fmt(l0)} → {_fmt(l1)} | "
+                     f"{_fmt(r0)} → {_fmt(r1)} | {_fmt(acc)} |")
+    lines.append("")
+    timing = []
+    for n in names:
+        rows = [r for r in read_metrics(os.path.join(workdir, n)) if "time_generation" in r]
+        if rows:
+            mean = lambda k, rows=rows: float(np.mean([r[k] for r in rows]))
+            timing.append(f"| {n} | {mean('time_generation'):.2f} | {mean('time_scoring'):.2f} | "
+                          f"{mean('time_update'):.2f} | {mean('tokens_per_s'):.0f} | "
+                          f"{_fmt(mean('update_mfu'))} |")
+    if timing:
+        lines += ["Per-iteration time split (seconds, mean over iterations):", "",
+                  "| stage | generation | scoring | update | tokens/s | update MFU |",
+                  "|---|---|---|---|---|---|", *timing, ""]
+    on, off = finals.get("onpolicy_dpo"), finals.get("offline_dpo")
+    if on is not None and off is not None:
+        held = on < off
+        lines += ["## Paper finding (§5, Min Length)", "",
+                  "On-policy DPO should shorten responses faster than offline DPO at the same "
+                  f"number of gradient steps: final eval length {on:.1f} (on-policy) vs "
+                  f"{off:.1f} (offline) — **{'held' if held else 'did not hold'}** in this run.",
+                  ""]
+        if "pref_ft" in finals and finals["pref_ft"] is not None:
+            lines.append(f"Pref-FT (no negative gradient) ends at {finals['pref_ft']:.1f} tokens.")
+            lines.append("")
+    path = os.path.join(workdir, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return path

@@ -1,0 +1,179 @@
+"""One training stage on a device mesh: SFT, reward model, offline or on-policy preference FT.
+
+    run_stage(cfg, stage_cfg, stage_dir, *, resume) -> summary dict
+
+`cfg` is the experiment config (model, mesh, data, eval; see configs/llm.py) and `stage_cfg`
+one entry of `cfg.stages`. Stage kinds:
+  sft           token-mean NLL on the chosen responses;
+  reward_model  Bradley–Terry on (chosen, rejected); held-out accuracy at every eval;
+  offline       a taxonomy objective on the offline pairs (pref_ft, offline_dpo, offline_ipo,
+                ...); reference log-probs computed once before training and cached in
+                <stage>/ref_logps.npy (no reference model is kept);
+  onpolicy      sample → score → update per iteration (llm.rollout; PPO via llm.ppo).
+
+The loop body is all jitted device work; the host reads only the step's scalar metrics, which
+is also where NaN/inf is caught (`NonFiniteError` names the step; no checkpoint is written
+after a bad step). A SIGTERM makes the loop save a checkpoint and return "preempted"; with
+`resume=True` the stage continues from its latest checkpoint and reproduces the uninterrupted
+run's metrics exactly on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+
+import modeseek
+from llm import checkpointing, logs, models, onpolicy, steps
+from llm import sharding as shd
+from llm import state as st
+from llm.data import make_loader
+from llm.runtime import Preemption, check_finite, host_metrics, make_optimizer
+
+
+def pair_loader(cfg, tokenizer, path, batch_size, *, shuffle, seed, num_epochs=None):
+    per_process = batch_size // jax.process_count()
+    it, stats = make_loader(path, tokenizer, batch_size=per_process,
+                       max_prompt_len=cfg.data.max_prompt_len,
+                       max_response_len=cfg.data.max_response_len, shuffle=shuffle, seed=seed,
+                       num_epochs=num_epochs, use_chat_template=cfg.data.use_chat_template,
+                       skip_bad_rows=cfg.data.skip_bad_rows,
+                       num_threads=1)
+    if stats["rows_skipped"] and jax.process_index() == 0:
+        print(f"{path}: skipped {stats['rows_skipped']} of {stats['rows_checked']} rows: "
+              f"{stats['skipped_by_reason']}")
+    return it, stats
+
+
+def device_batch(batch: dict, mesh, keys) -> dict:
+    return shd.global_batch({k: batch[k] for k in keys}, mesh)
+
+
+PAIR_KEYS = ("prompt_tokens", "prompt_mask", "chosen_tokens", "chosen_mask", "rejected_tokens",
+             "rejected_mask")
+
+
+def reference_cache(cfg, stage_dir, tokenizer, mesh, model_config, params) -> np.ndarray:
+    """[rows, 2] reference log-probs of every training pair, computed once with the initial
+    policy (`params`) and stored; on resume the stored file is read instead."""
+    path = os.path.join(stage_dir, "ref_logps.npy")
+    if os.path.exists(path):
+        return np.load(path, allow_pickle=False)
+    batch_size = shd.batch_size_multiple(mesh, cfg.data.ref_batch_size)
+    # two unshuffled epochs, ceil(rows / batch) batches: the last batch wraps around to the
+    # first rows instead of dropping the remainder, so every row gets its value
+    it, stats = pair_loader(cfg, tokenizer, cfg.data.train, batch_size, shuffle=False, seed=0,
+                            num_epochs=2)
+    num_batches = -(-stats["rows_in_shard"] // (batch_size // jax.process_count()))
+    logps_fn = st.jit_eval(lambda p, b: (b["row_index"], steps.pair_logps(p, model_config, b)),
+                           mesh)
+    cache = np.full((stats["rows_checked"], 2), np.nan, np.float32)
+    for _ in range(num_batches):
+        batch = next(it)
+        rows, logps = jax.device_get(logps_fn(params, device_batch(batch, mesh,
+                                                                   PAIR_KEYS + ("row_index",))))
+        cache[rows] = logps
+    if jax.process_index() == 0:
+        np.save(path, cache, allow_pickle=False)
+    return cache
+
+
+def run_stage(cfg, stage_cfg, stage_dir: str, *, resume: bool = False) -> dict:
+    """Runs (or resumes) one stage; returns its summary (also written to <stage>/summary.json)."""
+    done_path = os.path.join(stage_dir, "summary.json")
+    if resume and os.path.exists(done_path):
+        with open(done_path) as f:
+            return json.load(f)
+    ckpt_dir = os.path.join(stage_dir, "checkpoints")
+    if not resume and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+        raise FileExistsError(f"{stage_dir} already has checkpoints; pass --resume or use a new "
+                              "workdir")
+    os.makedirs(stage_dir, exist_ok=True)
+    mesh = shd.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    env = models.StageEnv.create(cfg, stage_cfg, stage_dir, mesh)
+    if stage_cfg.kind == "onpolicy":
+        return onpolicy.run(cfg, stage_cfg, stage_dir, env, resume=resume)
+    return run_batches(cfg, stage_cfg, stage_dir, env, resume=resume)
+
+
+def run_batches(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
+    """The loop for SFT, reward-model and offline preference stages (one batch per step)."""
+    mesh, model_config = env.mesh, env.model_config
+    kind, num_steps = stage_cfg.kind, stage_cfg.num_steps
+    optimizer = make_optimizer(stage_cfg, num_steps)
+    params, param_sh = env.initial_params(with_head=kind == "reward_model")
+    keys = PAIR_KEYS
+    if kind == "sft":
+        loss_fn = steps.make_sft_loss(model_config)
+    elif kind == "reward_model":
+        loss_fn = steps.make_reward_model_loss(model_config)
+    elif kind == "offline":
+        if modeseek.get_algorithm(stage_cfg.algorithm).on_policy:
+            raise ValueError(f"stage {stage_cfg.name}: {stage_cfg.algorithm} is on-policy; use "
+                             "kind='onpolicy'")
+        hparams = steps.objective_hparams(stage_cfg.algorithm, stage_cfg.hparams)
+        loss_fn = steps.make_offline_loss(model_config, stage_cfg.algorithm, hparams)
+        ref_cache = reference_cache(cfg, stage_dir, env.tokenizer, mesh, model_config, params)
+        keys = PAIR_KEYS + ("ref_logps",)
+    else:
+        raise ValueError(f"unknown stage kind {kind!r}: sft | reward_model | offline | onpolicy")
+    state_sh = st.state_shardings(optimizer, param_sh, params, mesh)
+    state = st.init_state(params, optimizer, state_sh)
+    step_fn = st.jit_train_step(modeseek.make_train_step(loss_fn, optimizer), state_sh, mesh)
+    it, _ = pair_loader(cfg, env.tokenizer, cfg.data.train, stage_cfg.batch_size, shuffle=True,
+                        seed=cfg.seed)
+    rng = jax.random.key(cfg.seed)
+    ckpt = checkpointing.RunCheckpointer(os.path.join(stage_dir, "checkpoints"),
+                                         every=cfg.checkpoint_every)
+    start = 0
+    if resume and ckpt.latest_step() is not None:
+        state, rng, _ = ckpt.restore(state, rng, it)
+        start = int(jax.device_get(state.step))
+    logger = logs.MetricsLogger(stage_dir, resume_step=start if start else None,
+                                use_wandb=cfg.get("wandb", False), config=cfg.to_dict())
+    evaluate = env.make_evaluator(kind)
+    preempt = Preemption()
+    bar = logs.progress(num_steps, start, stage_cfg.name)
+    status, metrics = "done", {}
+    try:
+        if start == 0 and evaluate is not None:
+            logger.log(0, evaluate(state.params))
+        for step in range(start, num_steps):
+            t0 = time.perf_counter()
+            batch = next(it)
+            if kind == "offline":
+                batch = dict(batch, ref_logps=ref_cache[batch["row_index"]])
+            gbatch = device_batch(batch, mesh, keys)
+            state, metrics = step_fn(state, gbatch, jax.random.fold_in(rng, step))
+            metrics = host_metrics(metrics)
+            check_finite(metrics, step + 1)
+            seconds = time.perf_counter() - t0
+            tokens = int(np.sum(batch["prompt_mask"]) + np.sum(batch["chosen_mask"])
+                         + (np.sum(batch["rejected_mask"]) if kind != "sft" else 0))
+            metrics.update(time_update=seconds, tokens_per_s=tokens * jax.process_count()
+                           / seconds)
+            if evaluate is not None and (step + 1) % cfg.eval.every == 0:
+                metrics.update(evaluate(state.params))
+            logger.log(step + 1, metrics)
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+            if stage_cfg.get("preempt_at_step") == step + 1:  # tests: a real SIGTERM
+                os.kill(os.getpid(), signal.SIGTERM)
+            if ckpt.due(step + 1) or preempt.requested:
+                ckpt.save(step + 1, state, rng, it)
+            if preempt.requested:
+                status = "preempted"
+                break
+    finally:
+        preempt.close()
+        bar.close()
+        logger.close()
+        ckpt.close()
+    if status == "preempted":
+        return {"status": status, "step": int(jax.device_get(state.step))}
+    return env.finish(stage_dir, state.params, metrics)
