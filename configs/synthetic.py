@@ -67,11 +67,13 @@ def get_config(arg: str = ""):
         value_clip=0.2))
     c.overrides = ml_collections.ConfigDict({})
     c.data = _length_data()
+    c.model = ml_collections.ConfigDict(dict(num_layers=2))  # overrides of the model preset
 
     if arg in ("token_bandit", "token_quick"):
         c.study = "token_bandit"
         c.tasks = ("R1", "R2")
         c.data = _token_data()
+        c.model.num_layers = 3
         c.iterations = 60
         if arg == "token_quick":
             c.seeds, c.iterations = 1, 20
@@ -89,6 +91,7 @@ def get_config(arg: str = ""):
         c.samples_per_prompt = 2
         c.offline_pairs = 2
         c.reuse = 1
+        c.model.num_layers = 1
         c.data.max_new_tokens = 12
         c.data.mode = 5.0
         c.data.skew_cap = 3

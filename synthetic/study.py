@@ -92,9 +92,10 @@ def _full(prompts, resp, mask):
 def _reference(config, cache_dir, log):
     d = config.data
     if config.study == "length":
-        cfg = models.length_model_config(d.vocab_size, d.prompt_len + d.max_new_tokens)
+        cfg = models.length_model_config(d.vocab_size, d.prompt_len + d.max_new_tokens,
+                                         **config.model)
     else:
-        cfg = models.token_model_config(d.vocab_size)
+        cfg = models.token_model_config(d.vocab_size, **config.model)
     spec = dict(study=config.study, data=d.to_dict(), model=str(cfg), seed=config.data_seed)
     key = models.cache_key(f"reference-{config.study}", spec)
     hit = models.load_cached(cache_dir, key)

@@ -51,7 +51,7 @@ class Setup:
     prompt_len: int
     max_new_tokens: int
     eos_id: int | None
-    reward: str = "proxy"             # "proxy" (RM score) | "bump" (exact token-bandit reward)
+    reward: str = "proxy"   # "proxy" (RM score) | "bump" (exact) | "length" (−length, benchmark)
     prompts_per_iteration: int = 8   # B/C
     samples_per_prompt: int = 4      # C
     minibatch_prompts: int = 8       # M
@@ -118,13 +118,15 @@ def score_phase(setup: Setup, params, task: TaskData, out):
     cfg, P = setup.model, setup.prompt_len
     tokens, attn = out.tokens, out.mask
     loss_mask = jnp.concatenate([jnp.zeros_like(attn[:, :P]), out.response_mask], 1)
-    if setup.reward == "proxy":
-        rewards = dec.score(task.rm_params, cfg, tokens, attn)
-    else:
-        rewards = tasks.bump_reward(out.response_tokens, out.response_mask, task.peak)
     lengths = tasks.response_lengths(out.response_tokens, out.response_mask,
                                      -1 if setup.eos_id is None else setup.eos_id)
     lengths = lengths.astype(jnp.float32)
+    if setup.reward == "proxy":
+        rewards = dec.score(task.rm_params, cfg, tokens, attn)
+    elif setup.reward == "bump":
+        rewards = tasks.bump_reward(out.response_tokens, out.response_mask, task.peak)
+    else:
+        rewards = -lengths
     distance = jnp.abs(lengths - task.mode)
     if setup.reward == "bump":
         gold = rewards

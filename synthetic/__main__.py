@@ -1,0 +1,48 @@
+"""python -m synthetic [--quick] [--config=configs/synthetic.py[:token_bandit]] [--out DIR]
+
+Runs a synthetic study and writes DIR/{config.json, results.json, metrics.jsonl, *.png,
+report.md}; reference and reward models are cached in DIR/../synthetic-cache.
+"""
+
+import os
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+import configs
+from configs import synthetic as synthetic_config
+from synthetic import plots, report, study
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(configs.__file__), "synthetic.py")
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Study configuration.")
+_OUT = flags.DEFINE_string("out", None, "Run folder (default: runs/synthetic-<time>).")
+_QUICK = flags.DEFINE_bool("quick", False, "Use the config's quick variant (< 2 minutes).")
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    if _QUICK.value:
+        config = synthetic_config.get_config(
+            "token_quick" if config.study == "token_bandit" else "quick")
+    study.validate(config)
+    out = _OUT.value or os.path.join("runs", time.strftime("synthetic-%Y%m%d-%H%M%S"))
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    cache = os.path.join(os.path.dirname(os.path.abspath(out)), "synthetic-cache")
+    records, curves, info = study.run_study(config, cache, show_progress=sys.stderr.isatty())
+    study.save(out, records, curves, info)
+    names = plots.write_plots(config, records, curves, out)
+    rows = report.write_report(os.path.join(out, "report.md"), config, records, curves, info,
+                               names)
+    print(f"{len(records)} runs in {info['total_seconds']:.1f} s -> {out}")
+    for finding, verdict, evidence in rows:
+        print(f"[{verdict}] {finding}\n    {evidence}")
+    print(f"report: {os.path.join(out, 'report.md')}")
+
+
+if __name__ == "__main__":
+    app.run(main)
