@@ -23,8 +23,8 @@ from bandits import env
 from bandits.train import BanditSetup, make_train
 
 CURVES = ("expected_reward", "kl_policy_ref", "kl_ref_policy", "entropy", "peak_mass",
-          "kl_policy_opt", "kl_opt_policy", "logratio/chosen", "logratio/rejected", "loss",
-          "grad_norm", "reward_queries")
+          "kl_policy_opt", "kl_opt_policy", "logratio/chosen", "logratio/rejected", "num_pairs",
+          "loss", "grad_norm", "reward_queries")
 
 
 def validate(config):

@@ -111,6 +111,9 @@ def make_train(setup: BanditSetup):
     algorithms = [modeseek.get_algorithm(name) for name in setup.algorithms]
     objectives = [a.objective for a in algorithms]
     on_policy_table = jnp.array([a.on_policy for a in algorithms])
+    # Static when every algorithm agrees, so the offline program never samples from the policy
+    # and keeps its resampling test a real `cond` under vmap.
+    all_offline = not any(a.on_policy for a in algorithms)
     ref_logp = reference_logprobs(setup.reference)
     policy = make_policy(setup.policy, ref_logp, env.PROMPT_DIM)
     B_max, M, N = setup.max_prompts_per_batch, setup.minibatch_prompts, setup.samples_per_prompt
@@ -130,8 +133,11 @@ def make_train(setup: BanditSetup):
     def sample_batch(key, params, on_policy, rewards_A):
         k_prompt, k_act = jax.random.split(key)
         prompts = env.sample_prompts(k_prompt, B_max)
-        policy_logp = jax.nn.log_softmax(policy.logits(params, prompts), -1)
-        logp = jnp.where(on_policy, policy_logp, ref_logp)
+        if all_offline:
+            logp = jnp.broadcast_to(ref_logp, (B_max, ref_logp.shape[0]))
+        else:
+            logp = jnp.where(on_policy, jax.nn.log_softmax(policy.logits(params, prompts), -1),
+                             ref_logp)
         actions = modeseek.sample_categorical(k_act, logp[:, None, :], (B_max, N))
         return {"prompts": prompts, "actions": actions, "rewards": rewards_A[actions],
                 "old_logps": jnp.take_along_axis(logp, actions, -1),
@@ -151,8 +157,11 @@ def make_train(setup: BanditSetup):
             lambda p, batch, key: loss_fn(p, batch, knobs), tx)
         on_policy = on_policy_table[knobs["algorithm"]]
         minibatches = knobs["prompts_per_batch"] // M
-        steps_per_batch = jnp.where(on_policy, jnp.maximum(knobs["reuse"], 1) * minibatches,
-                                    setup.num_steps)
+        if all_offline:
+            steps_per_batch = setup.num_steps
+        else:
+            steps_per_batch = jnp.where(on_policy, jnp.maximum(knobs["reuse"], 1) * minibatches,
+                                        setup.num_steps)
 
         def step(carry, s):
             state, data = carry
