@@ -36,10 +36,11 @@ def _mean_curves(records, curves, study, reward, x_name="steps"):
 
 def reward_curves(records, curves, rewards, path, *, x_name="steps"):
     fig, axes = plt.subplots(1, len(rewards), figsize=(6.5 * len(rewards), 4.5), squeeze=False)
+    colors = plt.get_cmap("tab20").colors
     for ax, reward in zip(axes[0], rewards):
-        for alg, (x, m, s, flags) in sorted(_mean_curves(records, curves, "main", reward,
-                                                         x_name).items()):
-            line, = ax.plot(x, m, label=alg, **_style(flags))
+        for k, (alg, (x, m, s, flags)) in enumerate(sorted(_mean_curves(
+                records, curves, "main", reward, x_name).items())):
+            line, = ax.plot(x, m, label=alg, color=colors[k % len(colors)], **_style(flags))
             ax.fill_between(x, m - s, m + s, color=line.get_color(), alpha=0.12)
         ax.set_title(f"{reward}: peak at {env.REWARDS[reward][0]}")
         ax.set_xlabel("gradient steps" if x_name == "steps" else "reward queries")
