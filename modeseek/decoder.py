@@ -198,21 +198,24 @@ class _Attention(nn.Module):
         k_BxLxGxK = _rope(proj("k", G, "kv_heads"), positions_BxL, cfg)
         v_BxLxGxK = proj("v", G, "kv_heads")
         q_BxLxHxK = nn.with_logical_constraint(q_BxLxHxK, ("batch", "length", "heads", "kv"))
+        # keys/values as [B, kv_heads, slots, K]: the layout the decode-step dots are fastest on
+        k_BxGxLxK = k_BxLxGxK.transpose(0, 2, 1, 3).astype(dt)
+        v_BxGxLxK = v_BxLxGxK.transpose(0, 2, 1, 3).astype(dt)
         if kv_cache is not None:
-            start = (0, cache_index, 0, 0)
-            k_BxSxGxK = jax.lax.dynamic_update_slice(kv_cache["k"], k_BxLxGxK.astype(dt), start)
-            v_BxSxGxK = jax.lax.dynamic_update_slice(kv_cache["v"], v_BxLxGxK.astype(dt), start)
-            kv_cache = {"k": k_BxSxGxK, "v": v_BxSxGxK}
+            start = (0, 0, cache_index, 0)
+            k_BxGxSxK = jax.lax.dynamic_update_slice(kv_cache["k"], k_BxGxLxK, start)
+            v_BxGxSxK = jax.lax.dynamic_update_slice(kv_cache["v"], v_BxGxLxK, start)
+            kv_cache = {"k": k_BxGxSxK, "v": v_BxGxSxK}
         else:
-            k_BxSxGxK, v_BxSxGxK = k_BxLxGxK, v_BxLxGxK
+            k_BxGxSxK, v_BxGxSxK = k_BxGxLxK, v_BxGxLxK
 
         B, L = x_BxLxD.shape[:2]
         q_BxLxGxRxK = q_BxLxHxK.reshape(B, L, G, H // G, K)  # q head h uses kv head h // R
-        s_BxGxRxLxS = jnp.einsum("blgrk,bsgk->bgrls", q_BxLxGxRxK, k_BxSxGxK,
+        s_BxGxRxLxS = jnp.einsum("blgrk,bgsk->bgrls", q_BxLxGxRxK, k_BxGxSxK,
                                  preferred_element_type=jnp.float32) / math.sqrt(K)
         s_BxGxRxLxS = jnp.where(mask_BxLxS[:, None, None], s_BxGxRxLxS, _NEG_INF)
         p_BxGxRxLxS = jax.nn.softmax(s_BxGxRxLxS, axis=-1).astype(dt)
-        o_BxLxHxK = jnp.einsum("bgrls,bsgk->blgrk", p_BxGxRxLxS, v_BxSxGxK).reshape(B, L, H, K)
+        o_BxLxHxK = jnp.einsum("bgrls,bgsk->blgrk", p_BxGxRxLxS, v_BxGxSxK).reshape(B, L, H, K)
         w_o = _param(self, "o_kernel", (H, K, D), ("heads", "kv", "embed"))
         out_BxLxD = jnp.einsum("blhk,hkd->bld", o_BxLxHxK, w_o.astype(dt))
         if cfg.attn_out_bias:
@@ -355,7 +358,7 @@ def forward(params: Params, config: DecoderConfig, tokens_BxL: jax.Array, *,
 
 def init_cache(config: DecoderConfig, batch: int, length: int) -> dict[str, Any]:
     """Pre-allocated KV cache of `length` slots; `mask`/`pos` record which slots hold tokens."""
-    shape = (batch, length, config.num_kv_heads, config.head_dim)
+    shape = (batch, config.num_kv_heads, length, config.head_dim)
     layer = lambda: {"k": jnp.zeros(shape, config.compute_dtype),
                      "v": jnp.zeros(shape, config.compute_dtype)}
     return {"layers": tuple(layer() for _ in range(config.num_layers)),

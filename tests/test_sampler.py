@@ -140,6 +140,19 @@ def test_filtering_matches_numpy(top_k, top_p):
                                    _filtered_probs(row, top_k, top_p), atol=1e-6)
 
 
+def test_inverse_cdf_sampler_over_blocks():
+    """Two-level CDF over a 1000-token vocabulary (4 blocks, the last one padded)."""
+    logits = np.full((1, 1000), -np.inf, np.float32)
+    support = np.array([0, 255, 256, 600, 999])  # block edges, zero-probability neighbours
+    logits[0, support] = np.log([0.1, 0.2, 0.3, 0.15, 0.25])
+    n = 20000
+    keys = jax.random.split(jax.random.key(3), n)
+    draws = np.asarray(jax.jit(jax.vmap(lambda k: sampler._categorical(k, logits)[0]))(keys))
+    assert set(np.unique(draws)) <= set(support)
+    freq = np.array([np.mean(draws == s) for s in support])
+    np.testing.assert_allclose(freq, [0.1, 0.2, 0.3, 0.15, 0.25], atol=4 * np.sqrt(0.25 / n))
+
+
 def test_empirical_frequencies_match_the_sampling_distribution(params):
     config = CONFIG.replace(vocab_size=8)
     small = dec.init_params(jax.random.key(7), config)
@@ -154,7 +167,8 @@ def test_empirical_frequencies_match_the_sampling_distribution(params):
 
 
 def test_buckets_and_no_recompile_within_a_bucket(params):
-    assert [sampler.bucket_length(n) for n in (1, 16, 17, 100)] == [16, 16, 32, 128]
+    assert [sampler.bucket_length(n) for n in (1, 16, 17, 25, 33, 100, 129)] == [
+        16, 16, 24, 32, 48, 128, 192]
     tokens, mask = sampler.pad_prompts([[1, 2], [3, 4, 5]], 0, side="right")
     assert tokens.shape == (2, 16)
     np.testing.assert_array_equal(mask[1, :4], [1, 1, 1, 0])
