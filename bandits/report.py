@@ -180,7 +180,9 @@ def write_report(path, records, curves, config, timings, rewards):
     lines = ["# Bandit study (Tajwar et al., ICML 2024, §4)", "",
              f"Policy: {config.policy}; reference: {config.reference} bin masses; "
              f"{config.seeds} seeds; exact metrics over all 100 actions on "
-             f"{config.eval_prompts} evaluation prompts after every gradient step. "
+             f"{config.eval_prompts} evaluation prompts after every gradient step (largest "
+             "across-prompt std of a final expected reward: "
+             f"{max(r['final_reward_prompt_std'] for r in records):.1e}). "
              "Plots: `reward_vs_steps.png`, `reward_vs_queries.png`, `two_by_two_*.png`, "
              "`distributions.png`, `ablation_reuse.png`, `ablation_batch.png`.", "",
              "## Findings", "", "| finding | here | numbers |", "|---|---|---|"]

@@ -140,8 +140,8 @@ def _knobs(setup, runs):
 
 
 def run_group(setup: BanditSetup, runs, *, chunk_size=48, progress=None):
-    """Run every record of one group; returns (curves {name: [R, S]}, final_probs [R, A],
-    timings {compile_s, run_s})."""
+    """Run every record of one group; returns (curves {name: [R, S]}, all outputs {name: [R,
+    ...]}, timings {compile_s, run_s})."""
     train = jax.jit(jax.vmap(make_train(setup)))
     size = min(chunk_size, len(runs))
     num_chunks = -(-len(runs) // size)
@@ -162,7 +162,7 @@ def run_group(setup: BanditSetup, runs, *, chunk_size=48, progress=None):
             progress.update(min(size, len(runs) - c * size))
     cat = {k: np.concatenate([o[k] for o in outputs])[:len(runs)] for k in outputs[0]}
     curves = {k: cat[k] for k in CURVES}
-    return curves, cat["final_probs"], {"compile_s": compile_s, "run_s": run_s}
+    return curves, cat, {"compile_s": compile_s, "run_s": run_s}
 
 
 def steps_to_threshold(curve, threshold):
@@ -171,7 +171,7 @@ def steps_to_threshold(curve, threshold):
     return int(hits[0]) + 1 if hits.size else None
 
 
-def summarise(record, curves, i, final_probs):
+def summarise(record, curves, i, outputs):
     max_reward = float(env.reward_table(record["reward"]).max())
     er = curves["expected_reward"][i]
     record.update(
@@ -182,7 +182,8 @@ def summarise(record, curves, i, final_probs):
         final_entropy=float(curves["entropy"][i, -1]),
         final_peak_mass=float(curves["peak_mass"][i, -1]),
         reward_queries=int(curves["reward_queries"][i, -1]),
-        final_probs=[round(float(p), 6) for p in final_probs[i]],
+        final_reward_prompt_std=float(outputs["final_reward_prompt_std"][i]),
+        final_probs=[round(float(p), 6) for p in outputs["final_probs"][i]],
     )
     return record
 
@@ -195,14 +196,14 @@ def run_study(config, *, show_progress=True):
     with tqdm.tqdm(total=total, desc="bandit runs", unit="run",
                    disable=not show_progress) as bar:
         for group, (setup, runs) in plan.items():
-            group_curves, final_probs, timing = run_group(
+            group_curves, outputs, timing = run_group(
                 setup, runs, chunk_size=config.chunk_size, progress=bar)
             curves[group] = group_curves
             timings[group] = dict(timing, runs=len(runs), steps=setup.num_steps,
                                   setup=dataclasses.asdict(setup))
             for i, record in enumerate(runs):
                 record["curve_index"] = i
-                records.append(summarise(record, group_curves, i, final_probs))
+                records.append(summarise(record, group_curves, i, outputs))
     return records, curves, timings
 
 

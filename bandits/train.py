@@ -197,6 +197,8 @@ def make_train(setup: BanditSetup):
             knobs["prompts_per_batch"] * N)
         final_logp = jax.nn.log_softmax(policy.logits(state.params, eval_prompts), -1)
         metrics["final_probs"] = jnp.mean(jnp.exp(final_logp), 0)
+        # How much the policy varies across prompts (the reward ignores them).
+        metrics["final_reward_prompt_std"] = jnp.std(modeseek.expectation(final_logp, rewards_A))
         metrics["sft_kl"] = sft_kl
         return metrics
 
