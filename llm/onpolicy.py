@@ -93,13 +93,13 @@ def run(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
         start, kl_coef = int(extra["iteration"]), float(extra["kl_coef"])
     logger = logs.MetricsLogger(stage_dir, resume_step=start if start else None,
                                 use_wandb=cfg.get("wandb", False), config=cfg.to_dict())
-    evaluate = env.make_evaluator("onpolicy")
+    evaluate = env.make_evaluator("onpolicy") if cfg.eval.every else None
     peak = logs.peak_flops_per_device()
     preempt = Preemption()
     bar = logs.progress(stage_cfg.num_iterations, start, stage_cfg.name)
     status, metrics = "done", {}
     try:
-        if start == 0:
+        if start == 0 and evaluate is not None:
             logger.log(0, evaluate(state.params))
         for iteration in range(start, stage_cfg.num_iterations):
             key = jax.random.fold_in(rng, iteration)
@@ -141,7 +141,7 @@ def run(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
                                             target=stage_cfg.ppo.kl_target,
                                             horizon=stage_cfg.ppo.kl_horizon,
                                             num_samples=P * N)
-            if (iteration + 1) % cfg.eval.every == 0:
+            if evaluate is not None and (iteration + 1) % cfg.eval.every == 0:
                 metrics.update(evaluate(state.params))
             logger.log(iteration + 1, metrics)
             bar.update(1)

@@ -89,13 +89,15 @@ def write_report(workdir: str, cfg, *, wall_seconds: float | None = None) -> str
     timing = []
     for n in names:
         rows = [r for r in read_metrics(os.path.join(workdir, n)) if "time_generation" in r]
+        rows = rows[1:] if len(rows) > 1 else rows  # the first iteration includes compilation
         if rows:
             mean = lambda k, rows=rows: float(np.mean([r[k] for r in rows]))
             timing.append(f"| {n} | {mean('time_generation'):.2f} | {mean('time_scoring'):.2f} | "
                           f"{mean('time_update'):.2f} | {mean('tokens_per_s'):.0f} | "
                           f"{_fmt(mean('update_mfu'))} |")
     if timing:
-        lines += ["Per-iteration time split (seconds, mean over iterations):", "",
+        lines += ["Per-iteration time split (seconds, mean over iterations after the first, which "
+                  "compiles):", "",
                   "| stage | generation | scoring | update | tokens/s | update MFU |",
                   "|---|---|---|---|---|---|", *timing, ""]
     on, off = finals.get("onpolicy_dpo"), finals.get("offline_dpo")

@@ -136,7 +136,7 @@ def run_batches(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
         start = int(jax.device_get(state.step))
     logger = logs.MetricsLogger(stage_dir, resume_step=start if start else None,
                                 use_wandb=cfg.get("wandb", False), config=cfg.to_dict())
-    evaluate = env.make_evaluator(kind)
+    evaluate = env.make_evaluator(kind) if cfg.eval.every else None
     preempt = Preemption()
     bar = logs.progress(num_steps, start, stage_cfg.name)
     status, metrics = "done", {}
