@@ -1,0 +1,100 @@
+"""A 2-process `jax.distributed` run on 127.0.0.1 (one CPU device per process) computes the same
+offline-DPO train step as one process: same loss, same gradient norm."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT_S = 120
+
+
+def _global_batch_numpy():
+    rng = np.random.default_rng(0)
+    B, P, T = 8, 6, 5
+    return {
+        "prompt_tokens": rng.integers(0, 256, (B, P)).astype(np.int32),
+        "prompt_mask": np.arange(P)[None] >= rng.integers(0, 3, (B, 1)),
+        "chosen_tokens": rng.integers(0, 256, (B, T)).astype(np.int32),
+        "rejected_tokens": rng.integers(0, 256, (B, T)).astype(np.int32),
+        "chosen_mask": np.arange(T)[None] < rng.integers(2, T + 1, (B, 1)),
+        "rejected_mask": np.arange(T)[None] < rng.integers(2, T + 1, (B, 1)),
+        "ref_logps": (rng.normal(size=(B, 2)) * 3 - 20).astype(np.float32),
+    }
+
+
+def _child(coordinator: str, num_processes: int, process_id: int):
+    import jax
+
+    from llm import distributed
+
+    if num_processes > 1:
+        assert distributed.initialize(coordinator, num_processes, process_id, timeout_s=60)
+    import modeseek
+    from llm import sharding as shd
+    from llm import state as st
+    from llm import steps
+    from modeseek import decoder as dec
+
+    config = dec.DecoderConfig.tiny(vocab_size=264)
+    mesh = shd.make_mesh(1, -1, 1)
+    assert mesh.devices.size == num_processes
+    batch = _global_batch_numpy()
+    rows = len(batch["prompt_tokens"]) // num_processes
+    local = {k: v[process_id * rows:(process_id + 1) * rows] for k, v in batch.items()}
+    optimizer = modeseek.make_optimizer(learning_rate=1e-2, max_grad_norm=1.0)
+    loss_fn = steps.make_offline_loss(config, "offline_dpo",
+                                      steps.objective_hparams("offline_dpo", {}))
+    shardings, _ = st.param_shardings(config, mesh)
+    params = st.init_params_sharded(jax.random.key(0), config, shardings)
+    state_sh = st.state_shardings(optimizer, shardings, params, mesh)
+    state = st.init_state(params, optimizer, state_sh)
+    step = st.jit_train_step(modeseek.make_train_step(loss_fn, optimizer), state_sh, mesh)
+    for _ in range(2):
+        state, metrics = step(state, shd.global_batch(local, mesh), jax.random.key(1))
+    metrics = jax.device_get(metrics)
+    print(json.dumps({"process": jax.process_index(), "loss": float(metrics["loss"]),
+                      "grad_norm": float(metrics["grad_norm"])}), flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(num_processes: int) -> list[dict]:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, XLA_FLAGS="")
+    coordinator = f"127.0.0.1:{_free_port()}"
+    procs = [subprocess.Popen([sys.executable, __file__, coordinator, str(num_processes),
+                               str(pid)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for pid in range(num_processes)]
+    results = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=TIMEOUT_S)
+            assert proc.returncode == 0, err[-3000:]
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    return results
+
+
+def test_two_processes_give_the_single_process_loss():
+    single = _run(1)[0]
+    pair = _run(2)
+    assert sorted(r["process"] for r in pair) == [0, 1]
+    for r in pair:
+        np.testing.assert_allclose(r["loss"], single["loss"], rtol=1e-5)
+        np.testing.assert_allclose(r["grad_norm"], single["grad_norm"], rtol=1e-4)
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
