@@ -22,19 +22,17 @@ import ml_collections
 CORE = ("onpolicy_dpo", "offline_dpo", "ppo", "onpolicy_rwr", "pref_ft", "onpolicy_bofn")
 ALL = CORE + ("onpolicy_ipo", "offline_ipo", "reinforce", "rloo")
 
-LEARNING_RATES = {
-    "onpolicy_dpo": 1e-3, "onpolicy_ipo": 1e-3, "offline_dpo": 1e-3, "offline_ipo": 1e-3,
-    "pref_ft": 1e-3, "onpolicy_bofn": 1e-3, "onpolicy_rwr": 1e-3, "reinforce": 1e-3,
-    "rloo": 1e-3, "ppo": 1e-3,
-}
+# One step size for every method (not tuned per method): at 3e-4 every method except Pref-FT
+# reached length 0 on Min Length within ~25 steps, hiding the differences in speed.
+LEARNING_RATES = {name: 1e-4 for name in ALL}
 
 
 def _length_data():
     return ml_collections.ConfigDict(dict(
         vocab_size=32, prompt_len=4, max_new_tokens=48, mode=16.0,
-        sft_examples=8192, sft_steps=400, sft_batch=64, sft_lr=3e-3,
+        sft_examples=8192, sft_steps=300, sft_batch=64, sft_lr=3e-3,
         pref_prompts=2048, heldout_fraction=0.1, skew_cap=12, offline_pairs_max=1024,
-        rm_steps=300, rm_batch=64, rm_lr=1e-3, pool_prompts=1024))
+        rm_steps=200, rm_batch=64, rm_lr=1e-3, pool_prompts=1024))
 
 
 def _token_data():
@@ -80,9 +78,8 @@ def get_config(arg: str = ""):
     elif arg == "quick":
         c.seeds = 1
         c.iterations = 20
-        c.data.sft_steps = 300
-        c.data.rm_steps = 200
     elif arg == "tiny":  # tests: every code path in seconds
+        c.tasks = ("min",)
         c.seeds = 1
         c.iterations = 2
         c.iterations_per_chunk = 2
