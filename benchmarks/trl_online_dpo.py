@@ -184,6 +184,7 @@ def main() -> None:
     gen_eos = model.generation_config.eos_token_id
     eos_ids.update([gen_eos] if isinstance(gen_eos, int) else (gen_eos or []))
     lengths_seen: list[int] = []
+    widths_seen: set[int] = set()  # generated tokens per completion, before eos truncation
 
     def min_length_reward(prompts, completions, completion_ids, **kwargs):
         """-(generated tokens up to and including the first eos; all of them if none)."""
@@ -191,6 +192,7 @@ def main() -> None:
         for ids in completion_ids:
             n = next((i + 1 for i, t in enumerate(ids) if t in eos_ids), len(ids))
             lengths_seen.append(n)
+            widths_seen.add(len(ids))
             out.append(-float(n))
         return out
 
@@ -312,6 +314,7 @@ def main() -> None:
             "sampling": {"temperature": 1.0, "top_k": 0, "top_p": 1.0},
             "early_stop": "none (generate runs max_new_tokens; eos only truncates afterwards)",
             "reward": "-(tokens up to and including first eos)",
+            "generated_tokens_per_completion": sorted(widths_seen),
             "mean_completion_length": statistics.fmean(timed_lengths) if timed_lengths else None,
             "step_seconds": [round(x, 4) for x in timed_wall],
             # CPU time of this process (all its threads) per timed step: less sensitive to other
