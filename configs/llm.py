@@ -31,6 +31,8 @@ def stage(name, kind, **overrides):
     """A stage with every field present (the config is locked: typos fail)."""
     s = ml_collections.ConfigDict(dict(
         name=name, kind=kind, algorithm="", init="", reward_model="",
+        trunk_layers=0,            # > 0: only the first layers (a cheaper reward-model trunk)
+        train_rows=0,              # > 0: only the first rows of data.train (CPU examples)
         num_steps=0, batch_size=8,                                 # sft / reward_model / offline
         num_iterations=0, prompts_per_iteration=4, samples_per_prompt=2, reuse=1,
         minibatch_prompts=4, max_new_tokens=48, temperature=1.0, top_k=0, top_p=1.0,
@@ -67,29 +69,31 @@ def base(model, train, test, *, max_prompt_len, max_response_len):
 
 
 def min_length(model, *, tiny=False):
+    """Min Length (PAPER §5) sized for a 2-core CPU: a 2-layer reward-model trunk, 8 updates per
+    policy method on 4 pairs each (on-policy: 4 prompts × 2 samples per iteration, reuse 1;
+    offline: 4 pairs per step from the first 32 training rows, one epoch)."""
     from llm.data import default_dataset_path
 
     c = base(model, default_dataset_path("train"), default_dataset_path("test"),
-             max_prompt_len=64, max_response_len=96 if not tiny else 160)
+             max_prompt_len=40 if not tiny else 64, max_response_len=64 if not tiny else 160)
     c.data.use_chat_template = not tiny
-    c.data.skip_bad_rows = tiny  # bytes: long responses cut to identical prefixes
-    gen = dict(max_new_tokens=48, temperature=1.0, prompts_per_iteration=4, samples_per_prompt=2)
-    c.stages.reward_model = stage("reward_model", "reward_model", num_steps=40, batch_size=8,
-                                  learning_rate=3e-5)
+    c.data.skip_bad_rows = True  # truncation can make a pair identical: left out and counted
+    c.data.ref_batch_size = 8
+    policy = dict(learning_rate=2e-5, reward_model="reward_model")
+    c.stages.reward_model = stage("reward_model", "reward_model", trunk_layers=2, num_steps=40,
+                                  batch_size=8, learning_rate=1e-4)
     c.stages.onpolicy_dpo = stage("onpolicy_dpo", "onpolicy", algorithm="onpolicy_dpo",
-                                  reward_model="reward_model", num_iterations=12, reuse=2,
-                                  minibatch_prompts=4, learning_rate=1e-5,
-                                  hparams=dict(beta=0.1), **gen)
-    c.stages.offline_dpo = stage("offline_dpo", "offline", algorithm="offline_dpo",
-                                 reward_model="reward_model", num_steps=24, batch_size=8,
-                                 learning_rate=1e-5, hparams=dict(beta=0.1))
-    c.stages.pref_ft = stage("pref_ft", "offline", algorithm="pref_ft",
-                             reward_model="reward_model", num_steps=24, batch_size=8,
-                             learning_rate=1e-5)
+                                  num_iterations=8, prompts_per_iteration=4,
+                                  samples_per_prompt=2, reuse=1, minibatch_prompts=4,
+                                  max_new_tokens=48, hparams=dict(beta=0.1), **policy)
+    c.stages.offline_dpo = stage("offline_dpo", "offline", algorithm="offline_dpo", num_steps=8,
+                                 batch_size=4, train_rows=32, hparams=dict(beta=0.1), **policy)
+    c.stages.pref_ft = stage("pref_ft", "offline", algorithm="pref_ft", num_steps=8,
+                             batch_size=4, train_rows=32, **policy)
     c.stage_order = ("reward_model", "onpolicy_dpo", "offline_dpo", "pref_ft")
-    c.eval.update(every=4, num_prompts=8, max_new_tokens=48)
+    c.eval.update(every=4, num_prompts=8, max_new_tokens=48, batch_size=32)
     if tiny:
-        c.stages.reward_model.update(num_steps=6, learning_rate=1e-3)
+        c.stages.reward_model.update(trunk_layers=0, num_steps=6, learning_rate=1e-3)
         for name in ("offline_dpo", "pref_ft"):
             c.stages[name].update(num_steps=4, learning_rate=1e-3)
         c.stages.onpolicy_dpo.update(num_iterations=3, learning_rate=1e-3, max_new_tokens=12)

@@ -56,8 +56,14 @@ class StageEnv:
     @classmethod
     def create(cls, cfg, stage_cfg, stage_dir, mesh):
         config, host_params, tokenizer = load_base(cfg.model)
+        config = stage_model_config(config, stage_cfg)
+        if host_params is not None:
+            host_params = truncate_layers(host_params, config.num_layers)
         return cls(cfg, stage_cfg, os.path.dirname(os.path.abspath(stage_dir)), mesh, config,
                    host_params, tokenizer)
+
+    def config_of(self, stage_name: str) -> dec.DecoderConfig:
+        return stage_model_config(load_base(self.cfg.model)[0], self.cfg.stages[stage_name])
 
     # ------------------------------------------------------------------ parameters
     def base_params(self):
@@ -70,10 +76,10 @@ class StageEnv:
         return shd.place_params(self.host_params, shardings), shardings
 
     def load_stage_params(self, stage_name: str, *, with_head: bool):
-        shardings, _ = st.param_shardings(self.model_config, self.mesh, with_head=with_head)
+        config = self.config_of(stage_name)
+        shardings, _ = st.param_shardings(config, self.mesh, with_head=with_head)
         init = dec.init_scalar_model if with_head else dec.init_params
-        shapes = jax.eval_shape(functools.partial(init, config=self.model_config),
-                                jax.random.key(0))
+        shapes = jax.eval_shape(functools.partial(init, config=config), jax.random.key(0))
         path = os.path.join(self.experiment_dir, stage_name, "params")
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path}: stage {stage_name!r} has not finished (no params)")
@@ -83,6 +89,9 @@ class StageEnv:
         """(params, shardings) of the policy (or of a scalar model when `with_head`)."""
         init = self.stage_cfg.get("init", "")
         if init:
+            if self.config_of(init) != self.model_config:
+                raise ValueError(f"stage {self.stage_cfg.name}: init stage {init!r} has another "
+                                 "model shape (trunk_layers)")
             decoder, dec_sh = self.load_stage_params(init, with_head=False)
         else:
             decoder, dec_sh = self.base_params()
@@ -96,6 +105,10 @@ class StageEnv:
     def reward_params(self):
         name = self.stage_cfg.get("reward_model", "")
         return self.load_stage_params(name, with_head=True)[0] if name else None
+
+    def reward_config(self) -> dec.DecoderConfig:
+        name = self.stage_cfg.get("reward_model", "")
+        return self.config_of(name) if name else self.model_config
 
     # ------------------------------------------------------------------ evaluation
     def _loader(self, batch_size, prompts_only):
@@ -127,7 +140,7 @@ class StageEnv:
         prompts = next(iter(self._loader(ev.num_prompts, True)))
         prompts = shd.global_batch({k: prompts[k] for k in ("prompt_tokens", "prompt_mask")},
                                    self.mesh)
-        reward = self.reward_params()
+        reward, reward_config = self.reward_params(), self.reward_config()
         pad_id = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
 
         def sample_and_score(params, reward_params, key):
@@ -136,7 +149,7 @@ class StageEnv:
                                  temperature=ev.temperature, eos_id=self.tokenizer.eos_id,
                                  pad_id=pad_id)
             length = out.response_mask.sum(1).astype(np.float32)
-            proxy = (dec.score(reward_params, self.model_config, out.tokens, out.mask)
+            proxy = (dec.score(reward_params, reward_config, out.tokens, out.mask)
                      if reward_params is not None else -length)
             return {"eval/length": length.mean(), "eval/gold_reward": -length.mean(),
                     "eval/proxy_reward": proxy.mean()}
@@ -159,6 +172,33 @@ class StageEnv:
             with open(os.path.join(stage_dir, "summary.json"), "w") as f:
                 json.dump(summary, f, indent=2)
         return summary
+
+
+def stage_model_config(base: dec.DecoderConfig, stage_cfg) -> dec.DecoderConfig:
+    """A stage's model: the base, or for `trunk_layers` = k > 0 its first k layers (a cheaper
+    reward-model trunk: embedding, layers 0..k−1, final norm, scalar head)."""
+    k = stage_cfg.get("trunk_layers", 0)
+    if not k:
+        return base
+    if k > base.num_layers:
+        raise ValueError(f"stage {stage_cfg.name}: trunk_layers={k} > {base.num_layers} layers")
+    return base.replace(num_layers=k)
+
+
+def truncate_layers(params, num_layers: int):
+    """Drop decoder layers num_layers, num_layers + 1, ... from a parameter tree."""
+    return {name: value for name, value in params.items()
+            if not name.startswith("layer_") or int(name.split("_")[1]) < num_layers}
+
+
+def train_source(cfg, stage_cfg):
+    """The stage's training data: the file, or its first `stage.train_rows` rows (0 = all)."""
+    if not stage_cfg.get("train_rows", 0):
+        return cfg.data.train
+    from llm.data import read_preference_file
+
+    rows, _ = read_preference_file(cfg.data.train, skip_bad_rows=cfg.data.skip_bad_rows)
+    return rows[: stage_cfg.train_rows]
 
 
 def steps_keys():

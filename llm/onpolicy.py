@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 import modeseek
-from llm import checkpointing, logs, ppo, rollout, steps
+from llm import checkpointing, logs, models, ppo, rollout, steps
 from llm import sharding as shd
 from llm import state as st
 from llm.data import make_loader
@@ -61,7 +61,7 @@ def run(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
         config, samples_per_prompt=N, max_new_tokens=stage_cfg.max_new_tokens,
         temperature=stage_cfg.temperature, top_k=stage_cfg.top_k, top_p=stage_cfg.top_p,
         eos_id=tok.eos_id, pad_id=pad_id), mesh)
-    score_fn = rollout.make_score(config, config, samples_per_prompt=N,
+    score_fn = rollout.make_score(config, env.reward_config(), samples_per_prompt=N,
                                   reward_source=reward_source)
     prompt_len = cfg.data.max_prompt_len
 
@@ -79,11 +79,11 @@ def run(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
                                          samples_per_prompt=N),
                      out_shardings=(state_sh, shd.replicated(mesh)), donate_argnums=0)
 
-    it, _ = make_loader(cfg.data.train, tok, batch_size=P // jax.process_count(),
+    it, _ = make_loader(models.train_source(cfg, stage_cfg), tok,
+                        batch_size=P // jax.process_count(),
                         max_prompt_len=prompt_len, prompts_only=True, shuffle=True,
                         seed=cfg.seed, use_chat_template=cfg.data.use_chat_template,
-                       skip_bad_rows=cfg.data.skip_bad_rows,
-                        num_threads=1)
+                        skip_bad_rows=cfg.data.skip_bad_rows, num_threads=1)
     rng = jax.random.key(cfg.seed)
     ckpt = checkpointing.RunCheckpointer(os.path.join(stage_dir, "checkpoints"),
                                          every=cfg.checkpoint_every)
@@ -141,7 +141,8 @@ def run(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
                                             target=stage_cfg.ppo.kl_target,
                                             horizon=stage_cfg.ppo.kl_horizon,
                                             num_samples=P * N)
-            if evaluate is not None and (iteration + 1) % cfg.eval.every == 0:
+            last = iteration + 1 == stage_cfg.num_iterations
+            if evaluate is not None and ((iteration + 1) % cfg.eval.every == 0 or last):
                 metrics.update(evaluate(state.params))
             logger.log(iteration + 1, metrics)
             bar.update(1)

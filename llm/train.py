@@ -36,17 +36,17 @@ from llm.data import make_loader
 from llm.runtime import Preemption, check_finite, host_metrics, make_optimizer
 
 
-def pair_loader(cfg, tokenizer, path, batch_size, *, shuffle, seed, num_epochs=None):
+def pair_loader(cfg, tokenizer, source, batch_size, *, shuffle, seed, num_epochs=None):
     per_process = batch_size // jax.process_count()
-    it, stats = make_loader(path, tokenizer, batch_size=per_process,
-                       max_prompt_len=cfg.data.max_prompt_len,
-                       max_response_len=cfg.data.max_response_len, shuffle=shuffle, seed=seed,
-                       num_epochs=num_epochs, use_chat_template=cfg.data.use_chat_template,
-                       skip_bad_rows=cfg.data.skip_bad_rows,
-                       num_threads=1)
+    it, stats = make_loader(source, tokenizer, batch_size=per_process,
+                            max_prompt_len=cfg.data.max_prompt_len,
+                            max_response_len=cfg.data.max_response_len, shuffle=shuffle,
+                            seed=seed, num_epochs=num_epochs,
+                            use_chat_template=cfg.data.use_chat_template,
+                            skip_bad_rows=cfg.data.skip_bad_rows, num_threads=1)
     if stats["rows_skipped"] and jax.process_index() == 0:
-        print(f"{path}: skipped {stats['rows_skipped']} of {stats['rows_checked']} rows: "
-              f"{stats['skipped_by_reason']}")
+        print(f"{cfg.data.train}: skipped {stats['rows_skipped']} of "
+              f"{stats['rows_checked']} rows: {stats['skipped_by_reason']}")
     return it, stats
 
 
@@ -58,7 +58,7 @@ PAIR_KEYS = ("prompt_tokens", "prompt_mask", "chosen_tokens", "chosen_mask", "re
              "rejected_mask")
 
 
-def reference_cache(cfg, stage_dir, tokenizer, mesh, model_config, params) -> np.ndarray:
+def reference_cache(cfg, stage_cfg, stage_dir, tokenizer, mesh, model_config, params) -> np.ndarray:
     """[rows, 2] reference log-probs of every training pair, computed once with the initial
     policy (`params`) and stored; on resume the stored file is read instead."""
     path = os.path.join(stage_dir, "ref_logps.npy")
@@ -67,8 +67,8 @@ def reference_cache(cfg, stage_dir, tokenizer, mesh, model_config, params) -> np
     batch_size = shd.batch_size_multiple(mesh, cfg.data.ref_batch_size)
     # two unshuffled epochs, ceil(rows / batch) batches: the last batch wraps around to the
     # first rows instead of dropping the remainder, so every row gets its value
-    it, stats = pair_loader(cfg, tokenizer, cfg.data.train, batch_size, shuffle=False, seed=0,
-                            num_epochs=2)
+    it, stats = pair_loader(cfg, tokenizer, models.train_source(cfg, stage_cfg), batch_size,
+                            shuffle=False, seed=0, num_epochs=2)
     num_batches = -(-stats["rows_in_shard"] // (batch_size // jax.process_count()))
     logps_fn = st.jit_eval(lambda p, b: (b["row_index"], steps.pair_logps(p, model_config, b)),
                            mesh)
@@ -118,15 +118,17 @@ def run_batches(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
                              "kind='onpolicy'")
         hparams = steps.objective_hparams(stage_cfg.algorithm, stage_cfg.hparams)
         loss_fn = steps.make_offline_loss(model_config, stage_cfg.algorithm, hparams)
-        ref_cache = reference_cache(cfg, stage_dir, env.tokenizer, mesh, model_config, params)
+        ref_cache = reference_cache(cfg, stage_cfg, stage_dir, env.tokenizer, mesh, model_config,
+                                    params)
         keys = PAIR_KEYS + ("ref_logps",)
     else:
         raise ValueError(f"unknown stage kind {kind!r}: sft | reward_model | offline | onpolicy")
     state_sh = st.state_shardings(optimizer, param_sh, params, mesh)
     state = st.init_state(params, optimizer, state_sh)
     step_fn = st.jit_train_step(modeseek.make_train_step(loss_fn, optimizer), state_sh, mesh)
-    it, _ = pair_loader(cfg, env.tokenizer, cfg.data.train, stage_cfg.batch_size, shuffle=True,
-                        seed=cfg.seed)
+    it, _ = pair_loader(cfg, env.tokenizer, models.train_source(cfg, stage_cfg),
+                        stage_cfg.batch_size,
+                        shuffle=True, seed=cfg.seed)
     rng = jax.random.key(cfg.seed)
     ckpt = checkpointing.RunCheckpointer(os.path.join(stage_dir, "checkpoints"),
                                          every=cfg.checkpoint_every)
@@ -157,7 +159,8 @@ def run_batches(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
                          + (np.sum(batch["rejected_mask"]) if kind != "sft" else 0))
             metrics.update(time_update=seconds, tokens_per_s=tokens * jax.process_count()
                            / seconds)
-            if evaluate is not None and (step + 1) % cfg.eval.every == 0:
+            if evaluate is not None and ((step + 1) % cfg.eval.every == 0
+                                         or step + 1 == num_steps):
                 metrics.update(evaluate(state.params))
             logger.log(step + 1, metrics)
             bar.update(1)
