@@ -265,6 +265,9 @@ def run_study(config, cache_dir, *, show_progress=True, log=print):
             result, timing = run_algorithm(setup, task_data, seeds=config.seeds,
                                            iterations=config.iterations, bar=bar)
             info["timings"][algorithm] = timing
+            if not show_progress:
+                log(f"{algorithm}: compile {timing['compile_s']:.0f} s, run "
+                    f"{timing['run_s']:.0f} s")
             alg = modeseek.get_algorithm(algorithm)
             for task, m in result.items():
                 curves[f"{task}/{algorithm}"] = m
