@@ -175,14 +175,21 @@ def findings(records, curves, rewards):
     return rows, stats
 
 
+def _max_prompt_std(records, on_policy):
+    return max([r["final_reward_prompt_std"] for r in records if r["on_policy"] == on_policy]
+               or [0.0])
+
+
 def write_report(path, records, curves, config, timings, rewards):
     rows, stats = findings(records, curves, rewards)
     lines = ["# Bandit study (Tajwar et al., ICML 2024, §4)", "",
              f"Policy: {config.policy}; reference: {config.reference} bin masses; "
-             f"{config.seeds} seeds; exact metrics over all 100 actions on "
-             f"{config.eval_prompts} evaluation prompts after every gradient step (largest "
-             "across-prompt std of a final expected reward: "
-             f"{max(r['final_reward_prompt_std'] for r in records):.1e}). "
+             f"{config.seeds} seeds; exact metrics over all 100 actions after every gradient "
+             f"step, averaged over {config.eval_prompts} (on-policy) / "
+             f"{config.offline.eval_prompts} (offline) evaluation prompts (largest "
+             "across-prompt std of a final expected reward: on-policy "
+             f"{_max_prompt_std(records, True):.1e}, offline "
+             f"{_max_prompt_std(records, False):.1e}). "
              "Plots: `reward_vs_steps.png`, `reward_vs_queries.png`, `two_by_two_*.png`, "
              "`distributions.png`, `ablation_reuse.png`, `ablation_batch.png`.", "",
              "## Findings", "", "| finding | here | numbers |", "|---|---|---|"]

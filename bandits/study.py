@@ -86,7 +86,7 @@ def plan_runs(config):
                                 minibatch_prompts=on.minibatch_prompts, **common),
         "offline": BanditSetup(algorithms=tuple(off.algorithms), num_steps=off.num_steps,
                                max_prompts_per_batch=off.prompts, minibatch_prompts=off.prompts,
-                               **common),
+                               **dict(common, eval_prompts=off.eval_prompts)),
         "batch_ablation": BanditSetup(
             algorithms=tuple(config.batch_ablation.algorithms), num_steps=on.num_steps,
             max_prompts_per_batch=max(config.batch_ablation.grid),
