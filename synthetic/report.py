@@ -1,7 +1,8 @@
 """report.md for a synthetic study: setup, proxy-RM quality, a results table per task and the
 paper's findings (PAPER.md §1, §5), each stated with whether it held here and the numbers.
 
-Final values are means over the last 10% of iterations and over seeds (± = std over seeds);
+Final values are means over the last 10% of iterations and over seeds (± = std over seeds; a
+pairwise comparison whose gap is within the two stds is reported as inconclusive);
 "steps to target" = gradient steps until the seed-mean gold curve first reaches the target
 (length tasks: half-way from the reference's gold to 0, i.e. half the reference length on
 Min/Skew; token bandit: 0.5 · (1 + reference reward)).
@@ -57,11 +58,15 @@ def table(config, records, curves, task):
 
 
 def _compare(records, task, a, b, what):
-    ga, gb = _final(records, task, a, "final_gold")[0], _final(records, task, b, "final_gold")[0]
+    (ga, sa), (gb, sb) = _final(records, task, a, "final_gold"), _final(records, task, b,
+                                                                         "final_gold")
     if np.isnan(ga) or np.isnan(gb):
         return None
-    return (f"{task}: {what}", "held" if ga > gb else "did not hold",
-            f"final gold {a} {ga:.2f} vs {b} {gb:.2f}")
+    # a gap smaller than the seeds' spread is not called either way
+    verdict = ("inconclusive (gap within seed std)" if abs(ga - gb) <= sa + sb
+               else "held" if ga > gb else "did not hold")
+    return (f"{task}: {what}", verdict,
+            f"final gold {a} {ga:.2f} ± {sa:.2f} vs {b} {gb:.2f} ± {sb:.2f}")
 
 
 def findings(config, records, curves, info):
@@ -118,9 +123,12 @@ def _fastest(config, records, curves, task):
         return None
     best = min(reached.values()) if reached else None
     ok = steps["onpolicy_dpo"] is not None and steps["onpolicy_dpo"] <= best
+    tied = [a for a, s in reached.items() if s == best and a != "onpolicy_dpo"]
+    verdict = ("held (tied with " + ", ".join(tied) + ")" if ok and tied
+               else "held" if ok else "did not hold")
     listing = ", ".join(f"{a} {'never' if s is None else s}" for a, s in steps.items())
     return (f"{task}: on-policy DPO (on-policy + negative gradient) reaches the target first",
-            "held" if ok else "did not hold", f"steps to gold {target:.2f}: {listing}")
+            verdict, f"steps to gold {target:.2f}: {listing}")
 
 
 def write_report(path, config, records, curves, info, plots):

@@ -302,3 +302,28 @@ def save(out, records, curves, info):
                     row = {k: round(float(v[s, i]), 5) for k, v in m.items()}
                     f.write(json.dumps(dict(task=task, algorithm=algorithm, seed=s,
                                             iteration=i, **row)) + "\n")
+
+
+def load(out):
+    """Inverse of `save`: (records, curves, info) from a run folder (to re-render a report)."""
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    rows = {}
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        for line in f:
+            r = json.loads(line)
+            key = f"{r.pop('task')}/{r.pop('algorithm')}"
+            seed, it = r.pop("seed"), r.pop("iteration")
+            for k, v in r.items():
+                rows.setdefault(key, {}).setdefault(k, {})[(seed, it)] = v
+    curves = {}
+    for key, metrics in rows.items():
+        curves[key] = {}
+        for k, cells in metrics.items():
+            seeds = 1 + max(s for s, _ in cells)
+            iters = 1 + max(i for _, i in cells)
+            arr = np.zeros((seeds, iters), np.float32)
+            for (s, i), v in cells.items():
+                arr[s, i] = v
+            curves[key][k] = arr
+    return results["runs"], curves, results["info"]
