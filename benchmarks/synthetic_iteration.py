@@ -16,6 +16,14 @@ iteration as one jitted program (what `python -m synthetic` runs, inside a `lax.
 figure is its seconds_per_step (wall time between consecutive steps, generation, reference
 forward, reward, backward and optimizer step included), run as a subprocess in its own
 environment (torch CPU, 2 threads). Ratio = TRL s/step ÷ our fused s/iteration.
+
+Measured once (2-core CPU shared with other jobs, load average 7.9; JAX 0.10.2 vs torch
+2.13.0+cpu, TRL 1.16.0, transformers 5.24.0): ours sample 47.9 ms (10,680 sampled tokens/s),
+score 10.0 ms, update 145.8 ms, fused iteration 169.6 ms; TRL 310.1 ms/step (its generate
+183 ms, update 124 ms) -> 1.8x faster (goal 3x: not met). Our sampling is 3.8x faster than
+TRL's generate; the gap is the update: `jax.grad` through `modeseek.decoder.forward` on 16 x 48
+tokens costs ~150 ms against a 10-23 ms forward, about the same with 1 or 2 layers, while the
+dense, attention, embedding and log-softmax pieces each differentiate in < 10 ms in isolation.
 """
 
 from __future__ import annotations
