@@ -78,6 +78,8 @@ def get_config(arg: str = ""):
         c.tasks = ("R1", "R2")
         c.data = _token_data()
         c.model.num_layers = 3
+        for name in ALL:  # at 1e-4, 40 steps barely move the 9-token reward (token_quick run)
+            c.learning_rates[name] = 1e-3
         c.iterations = 60
         if arg == "token_quick":
             c.seeds, c.iterations = 1, 20

@@ -63,8 +63,11 @@ def _compare(records, task, a, b, what):
     if np.isnan(ga) or np.isnan(gb):
         return None
     # a gap smaller than the seeds' spread is not called either way
+    seeds = len({r["seed"] for r in records})
     verdict = ("inconclusive (gap within seed std)" if abs(ga - gb) <= sa + sb
                else "held" if ga > gb else "did not hold")
+    if seeds < 2:
+        verdict += " (1 seed: no spread to judge by)"
     return (f"{task}: {what}", verdict,
             f"final gold {a} {ga:.2f} ± {sa:.2f} vs {b} {gb:.2f} ± {sb:.2f}")
 
