@@ -10,10 +10,13 @@ API:
   forward(params, config, tokens_BxL, *, attention_mask_BxL=None, positions_BxL=None,
           return_hidden=False) -> logits_BxLxV float32 (or (logits, hidden_BxLxD))
   positions_from_mask(mask_BxL) -> positions_BxL
-  init_cache(config, batch, length) -> cache
+  init_cache(config, batch, length) -> cache   k/v per layer [B, kv_heads, length, K], slot
+                                          mask/positions [B, length], write index
+  cache_axes(config) -> logical axis names matching init_cache's tree
   forward_cached(params, config, tokens_BxL, cache, *, token_mask_BxL, positions_BxL)
       -> (hidden_BxLxD, cache)            writes the L new tokens at slot cache["index"]
   unembed(params, config, hidden_...xD) -> logits float32
+  fuse_for_decoding(params, config) -> params with q|k|v and gate|up concatenated (sampling)
   init_scalar_head(key, config) / init_scalar_model(key, config) -> {"decoder", "head"}
   token_values(params, config, tokens_BxL, mask_BxL) -> BxL   (PPO value per position)
   score(params, config, tokens_BxL, mask_BxL) -> B            (reward at the last non-pad token)
@@ -194,9 +197,19 @@ class _Attention(nn.Module):
                 y = y + _param(self, f"{name}_bias", (heads, K), (axis, "kv"), zeros).astype(dt)
             return y
 
-        q_BxLxHxK = _rope(proj("q", H, "heads"), positions_BxL, cfg)
-        k_BxLxGxK = _rope(proj("k", G, "kv_heads"), positions_BxL, cfg)
-        v_BxLxGxK = proj("v", G, "kv_heads")
+        if self.has_variable("params", "qkv_kernel"):  # fused by `fuse_for_decoding`
+            qkv = x_BxLxD @ self.get_variable("params", "qkv_kernel").astype(dt)
+            if cfg.qkv_bias:
+                qkv = qkv + self.get_variable("params", "qkv_bias").astype(dt)
+            B, L = x_BxLxD.shape[:2]
+            q, k, v = jnp.split(qkv, [H * K, (H + G) * K], axis=-1)
+            q_BxLxHxK = _rope(q.reshape(B, L, H, K), positions_BxL, cfg)
+            k_BxLxGxK = _rope(k.reshape(B, L, G, K), positions_BxL, cfg)
+            v_BxLxGxK = v.reshape(B, L, G, K)
+        else:
+            q_BxLxHxK = _rope(proj("q", H, "heads"), positions_BxL, cfg)
+            k_BxLxGxK = _rope(proj("k", G, "kv_heads"), positions_BxL, cfg)
+            v_BxLxGxK = proj("v", G, "kv_heads")
         q_BxLxHxK = nn.with_logical_constraint(q_BxLxHxK, ("batch", "length", "heads", "kv"))
         # keys/values as [B, kv_heads, slots, K]: the layout the decode-step dots are fastest on
         k_BxGxLxK = k_BxLxGxK.transpose(0, 2, 1, 3).astype(dt)
@@ -238,7 +251,12 @@ class _Mlp(nn.Module):
                 y = y + _param(self, f"{name}_bias", shape[-1:], axes[-1:], zeros).astype(dt)
             return y
 
-        if cfg.mlp == "swiglu":
+        if self.has_variable("params", "gate_up_kernel"):  # fused by `fuse_for_decoding`
+            gu = x_BxLxD @ self.get_variable("params", "gate_up_kernel").astype(dt)
+            if cfg.mlp_bias:
+                gu = gu + self.get_variable("params", "gate_up_bias").astype(dt)
+            h_BxLxF = nn.silu(gu[..., :F]) * gu[..., F:]
+        elif cfg.mlp == "swiglu":
             h_BxLxF = nn.silu(dense("gate", (D, F), ("embed", "mlp"), x_BxLxD))
             h_BxLxF = h_BxLxF * dense("up", (D, F), ("embed", "mlp"), x_BxLxD)
         else:
@@ -365,6 +383,39 @@ def init_cache(config: DecoderConfig, batch: int, length: int) -> dict[str, Any]
             "mask": jnp.zeros((batch, length), bool),
             "pos": jnp.zeros((batch, length), jnp.int32),
             "index": jnp.zeros((), jnp.int32)}
+
+
+def fuse_for_decoding(params: Params, config: DecoderConfig) -> Params:
+    """Same model, fewer and wider matmuls: q|k|v and gate|up kernels concatenated per layer.
+
+    For sampling loops on CPU, where per-op overhead and small matmuls dominate; call it once,
+    outside the loop (the sampler does). Not for training: the fused tree has other names."""
+    D = config.embed_dim
+    fused = dict(params)
+    for i in range(config.num_layers):
+        layer = dict(params[f"layer_{i}"])
+        attn = dict(layer["attn"])
+        parts = [attn.pop(f"{x}_kernel").reshape(D, -1) for x in "qkv"]
+        attn["qkv_kernel"] = jnp.concatenate(parts, axis=1)
+        if config.qkv_bias:
+            attn["qkv_bias"] = jnp.concatenate([attn.pop(f"{x}_bias").reshape(-1) for x in "qkv"])
+        layer["attn"] = attn
+        if config.mlp == "swiglu":
+            mlp = dict(layer["mlp"])
+            mlp["gate_up_kernel"] = jnp.concatenate([mlp.pop("gate_kernel"),
+                                                     mlp.pop("up_kernel")], axis=1)
+            if config.mlp_bias:
+                mlp["gate_up_bias"] = jnp.concatenate([mlp.pop("gate_bias"), mlp.pop("up_bias")])
+            layer["mlp"] = mlp
+        fused[f"layer_{i}"] = layer
+    return fused
+
+
+def cache_axes(config: DecoderConfig) -> dict[str, Any]:
+    """Logical axis names for `init_cache`'s tree (to shard a cache by the same rules)."""
+    kv = ("batch", "kv_heads", "cache_length", "kv")
+    return {"layers": tuple({"k": kv, "v": kv} for _ in range(config.num_layers)),
+            "mask": ("batch", "cache_length"), "pos": ("batch", "cache_length"), "index": ()}
 
 
 def forward_cached(params: Params, config: DecoderConfig, tokens_BxL: jax.Array,

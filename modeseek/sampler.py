@@ -240,6 +240,11 @@ def _output(prompt_tokens_BxP, prompt_mask_BxP, s: _LoopState) -> SampleOutput:
         response_sampling_logps=s.sampling_logps_BxT)
 
 
+def _cast_floats(tree, dtype):
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                        tree)
+
+
 def _output_head(params, config: dec.DecoderConfig):
     """The unembedding as a [D, V] matrix, materialised once per call: a tied [V, D] table is
     transposed so every decode step streams it row-major (faster on CPU)."""
@@ -262,6 +267,9 @@ def sample(key: jax.Array, params, config: dec.DecoderConfig, prompt_tokens_BxP:
     prompt_mask_BxP = prompt_mask_BxP.astype(bool)
     last_B = dec.last_token_index(prompt_mask_BxP)
     head_DxV = _output_head(params, config)
+    # once per call, outside the loop: compute-dtype weights (a no-op in float32) and fused
+    # q|k|v, gate|up matmuls, so no step re-reads or re-casts a weight twice
+    params = dec.fuse_for_decoding(_cast_floats(params, config.compute_dtype), config)
 
     def unembed(hidden_BxD):
         return jnp.dot(hidden_BxD.astype(head_DxV.dtype), head_DxV,

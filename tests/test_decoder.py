@@ -45,6 +45,12 @@ def test_tiny_size_and_axes_match_params():
         assert set(names) <= {"vocab", "embed", "heads", "kv_heads", "kv", "mlp"}
     assert axes["layer_0"]["attn"]["q_kernel"] == ("embed", "heads", "kv")
     assert axes["embedding"] == ("vocab", "embed")
+    cache = dec.init_cache(config, 2, 8)
+    cache_axes = dec.cache_axes(config)
+    is_axes = lambda x: isinstance(x, tuple) and all(isinstance(n, str) for n in x)
+    assert jax.tree.structure(cache_axes, is_leaf=is_axes) == jax.tree.structure(cache)
+    for x, names in zip(jax.tree.leaves(cache), jax.tree.leaves(cache_axes, is_leaf=is_axes)):
+        assert len(names) == x.ndim
 
 
 def test_7b_preset_counts_without_allocating():
@@ -118,10 +124,15 @@ def test_grouped_query_equals_multihead_with_repeated_kv(tokens):
                                forward(params_mha, mha, tokens), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["llama", "mistral"])
-def test_cached_logits_equal_recomputed(name, tokens):
-    config = _config(name)
+@pytest.mark.parametrize("name,fused_variant", [("llama", {}), ("mistral", {}),
+                                                ("qwen2", dict(mlp_bias=True))])
+def test_cached_logits_equal_recomputed(name, fused_variant, tokens):
+    """Prefill + one-token steps through the cache, with the decode-fused weights, against one
+    full forward with the plain weights."""
+    config = _config(name, **fused_variant)
     params = dec.init_params(jax.random.key(5), config)
+    fused = dec.fuse_for_decoding(params, config)
+    assert "qkv_kernel" in fused["layer_0"]["attn"] and "q_kernel" not in fused["layer_0"]["attn"]
     mask = np.ones((3, 10), np.int32)
     mask[0, :2] = 0  # left-padded row
     mask[1, 8:] = 0  # right-padded row
@@ -130,7 +141,7 @@ def test_cached_logits_equal_recomputed(name, tokens):
     cache = dec.init_cache(config, 3, 12)
     chunks = []
     for lo, hi in [(0, 5), (5, 6), (6, 7), (7, 10)]:  # a prefill, single steps, another chunk
-        hidden, cache = forward_cached(params, config, tokens[:, lo:hi], cache,
+        hidden, cache = forward_cached(fused, config, tokens[:, lo:hi], cache,
                                            token_mask_BxL=mask[:, lo:hi],
                                            positions_BxL=positions[:, lo:hi])
         chunks.append(dec.unembed(params, config, hidden))

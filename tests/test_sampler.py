@@ -179,3 +179,12 @@ def test_buckets_and_no_recompile_within_a_bucket(params):
     other, other_mask = sampler.pad_prompts([[7] * 11, [8] * 3], 0, side="left")
     sampler.sample(jax.random.key(1), params, CONFIG, other, other_mask, max_new_tokens=4)
     assert sampler.sample._cache_size() == before
+
+
+def test_bfloat16_sampling_tracks_float32(params):
+    tokens, mask = sampler.pad_prompts(PROMPTS, 0, side="left", length=8)
+    out = sampler.sample(jax.random.key(1), params, CONFIG.replace(dtype="bfloat16"), tokens,
+                         mask, max_new_tokens=T, temperature=1.0)
+    assert out.response_logps.dtype == jnp.float32
+    _, logp = _recomputed(params, out)  # float32 recomputation of the bf16 samples
+    np.testing.assert_allclose(out.response_logps, logp, atol=0.15)

@@ -1,0 +1,118 @@
+"""Training throughput on SmolLM2-135M (CPU, float32): one forward + backward + AdamW step on
+8 x 256 tokens, modeseek (one jitted, donated step) vs `transformers` + torch.optim.AdamW, same
+weights, same tokens, same run.
+
+  python benchmarks/forward.py                 # 8 x 256, 3 timed steps per side
+  python benchmarks/forward.py --batch 4 --length 128 --steps 2
+
+Prints tokens/s (batch x length / step time; best of the timed steps, sides alternating) and
+the achieved GFLOP/s (6 x parameters x tokens + attention, the usual estimate), as a ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from llm.checkpoints import load_smollm2, save_hf  # noqa: E402
+from modeseek import decoder as dec  # noqa: E402
+
+
+def make_step(config, optimizer):
+    def loss_fn(params, tokens_BxL):
+        logits_BxLxV = dec.forward(params, config, tokens_BxL)[:, :-1]
+        # logits at t predict token t+1; float32 log-softmax
+        lse_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
+        target_BxL = jnp.take_along_axis(logits_BxLxV, tokens_BxL[:, 1:, None], -1)[..., 0]
+        return jnp.mean(lse_BxL - target_BxL)
+
+    def step(params, opt_state, tokens_BxL):
+        loss, grads = jax.value_and_grad(loss_fn)(params, tokens_BxL)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--length", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--no-transformers", action="store_true")
+    args = parser.parse_args(argv)
+    B, L = args.batch, args.length
+
+    config, params, tokenizer = load_smollm2()
+    tokens = np.random.default_rng(0).integers(0, config.vocab_size, (B, L)).astype(np.int32)
+    n_params = dec.num_params(config)
+    flops = 6 * n_params * B * L + 12 * config.num_layers * config.embed_dim * B * L * L
+    print(f"jax {jax.__version__}, {os.cpu_count()} CPUs; SmolLM2-135M ({n_params / 1e6:.1f}M "
+          f"params) float32; {B} x {L} tokens; AdamW lr 1e-5")
+
+    model = None
+    if not args.no_transformers:
+        import torch
+        import transformers
+
+        torch.set_num_threads(os.cpu_count())
+        with tempfile.TemporaryDirectory() as tmp:
+            save_hf(tmp, config, params, tokenizer)
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                tmp, dtype=torch.float32).train()
+        torch_opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
+        torch_tokens = torch.tensor(tokens, dtype=torch.long)
+        print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
+              f"{torch.get_num_threads()} threads")
+
+    step = make_step(config, optax.adamw(1e-5, weight_decay=0.0))
+    state = [params, None]
+    state[1] = optax.adamw(1e-5, weight_decay=0.0).init(params)
+
+    def ours():
+        state[0], state[1], loss = step(state[0], state[1], tokens)
+        return float(loss)
+
+    def theirs():
+        torch_opt.zero_grad(set_to_none=True)
+        loss = model(input_ids=torch_tokens, labels=torch_tokens).loss
+        loss.backward()
+        torch_opt.step()
+        return float(loss)
+
+    start = time.perf_counter()
+    loss0 = ours()
+    print(f"modeseek compile + first step {time.perf_counter() - start:.1f}s, loss {loss0:.3f}")
+    if model is not None:
+        print(f"transformers first step loss {theirs():.3f}")
+    best = {"modeseek": float("inf"), "transformers": float("inf")}
+    for _ in range(args.steps):
+        for name, fn in (("modeseek", ours), ("transformers", theirs if model else None)):
+            if fn is None:
+                continue
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+
+    print("\n| side | step s | tokens/s | GFLOP/s |")
+    print("|---|---|---|---|")
+    for name, t in best.items():
+        if t < float("inf"):
+            print(f"| {name} | {t:.2f} | {B * L / t:.1f} | {flops / t / 1e9:.1f} |")
+    if model is not None:
+        print(f"\nratio modeseek / transformers: {best['transformers'] / best['modeseek']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
