@@ -40,9 +40,11 @@ def _spi(records, algorithm):
 def table(config, records, curves, task):
     algs = [a for a in config.algorithms]
     target = _target(config, curves, task)
-    head = ("| algorithm | on-policy | neg. grad | final gold | final length | "
-            "final |len − mode| | KL(π‖π_ref) | steps to target |")
-    rows = [head, "|" + "---|" * 8]
+    lengths = config.study == "length"
+    head = ("| algorithm | on-policy | neg. grad | final gold | "
+            + ("final length | final \\|len − mode\\| | " if lengths else "")
+            + "KL(π‖π_ref) | steps to target |")
+    rows = [head, "|" + "---|" * (8 if lengths else 6)]
     for a in sorted(algs, key=lambda a: -_final(records, task, a, "final_gold")[0]):
         alg = modeseek.get_algorithm(a)
         g, gs = _final(records, task, a, "final_gold")
@@ -50,9 +52,9 @@ def table(config, records, curves, task):
         rows.append(
             f"| {a} | {'yes' if alg.on_policy else 'no'} | "
             f"{'yes' if alg.negative_gradient else 'no'} | {g:.2f} ± {gs:.2f} | "
-            f"{_final(records, task, a, 'final_length')[0]:.1f} | "
-            f"{_final(records, task, a, 'final_mode_distance')[0]:.1f} | "
-            f"{_final(records, task, a, 'final_kl_ref')[0]:.1f} | "
+            + (f"{_final(records, task, a, 'final_length')[0]:.1f} | "
+               f"{_final(records, task, a, 'final_mode_distance')[0]:.1f} | " if lengths else "")
+            + f"{_final(records, task, a, 'final_kl_ref')[0]:.1f} | "
             f"{'never' if n is None else n} |")
     return f"Target gold {target:.2f}.\n\n" + "\n".join(rows)
 
