@@ -60,7 +60,7 @@ def time_iterations(config, params, prompts, mask, *, iterations, warmup, sample
         config, samples_per_prompt=samples_per_prompt, max_new_tokens=max_new_tokens,
         eos_id=None, pad_id=pad_id), mesh)
     score_fn = rollout.make_score(config, config, samples_per_prompt=samples_per_prompt,
-                                  reward_source="gold")
+                                  reward_source="gold", recompute_old_logps=False)
     score = jax.jit(lambda p, r, s: score_fn(p, r, None, s)[0])
     num_prompts = prompts.shape[0]
     update = jax.jit(rollout.make_update(modeseek.make_train_step(loss_fn, optimizer), reuse=1,

@@ -62,7 +62,7 @@ def run(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
         temperature=stage_cfg.temperature, top_k=stage_cfg.top_k, top_p=stage_cfg.top_p,
         eos_id=tok.eos_id, pad_id=pad_id), mesh)
     score_fn = rollout.make_score(config, env.reward_config(), samples_per_prompt=N,
-                                  reward_source=reward_source)
+                                  reward_source=reward_source, recompute_old_logps=is_ppo)
     prompt_len = cfg.data.max_prompt_len
 
     def score_and_shape(policy, ref, reward, samples, kl_coef):

@@ -64,10 +64,14 @@ def reference_cache(cfg, stage_cfg, stage_dir, tokenizer, mesh, model_config, pa
     path = os.path.join(stage_dir, "ref_logps.npy")
     if os.path.exists(path):
         return np.load(path, allow_pickle=False)
+    source = models.train_source(cfg, stage_cfg)
     batch_size = shd.batch_size_multiple(mesh, cfg.data.ref_batch_size)
+    if not isinstance(source, str):  # a few rows: no batch larger than the data
+        unit = shd.batch_size_multiple(mesh, 1)
+        batch_size = max(unit, min(batch_size, len(source) // unit * unit))
     # two unshuffled epochs, ceil(rows / batch) batches: the last batch wraps around to the
     # first rows instead of dropping the remainder, so every row gets its value
-    it, stats = pair_loader(cfg, tokenizer, models.train_source(cfg, stage_cfg), batch_size,
+    it, stats = pair_loader(cfg, tokenizer, source, batch_size,
                             shuffle=False, seed=0, num_epochs=2)
     num_batches = -(-stats["rows_in_shard"] // (batch_size // jax.process_count()))
     logps_fn = st.jit_eval(lambda p, b: (b["row_index"], steps.pair_logps(p, model_config, b)),

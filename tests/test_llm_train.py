@@ -20,7 +20,7 @@ def tiny_config(**eval_overrides):
     cfg = llm_configs.get_config("tiny")
     cfg.eval.update(every=0, **eval_overrides)
     cfg.checkpoint_every = 100
-    cfg.data.ref_batch_size = 64
+    cfg.data.ref_batch_size = 16
     return cfg
 
 
