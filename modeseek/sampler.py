@@ -6,7 +6,9 @@ API:
       One jitted program: prefill of the whole prompt, then one-token steps in a
       `lax.while_loop` that exits once every row has emitted EOS. Shapes are fixed by
       (B, P, max_new_tokens), so pad prompts to buckets (`pad_prompts`) to compile a handful of
-      programs. temperature=0 means greedy. eos_id: int or tuple of ints.
+      programs. temperature=0 means greedy. eos_id: int or tuple of ints. Weights are cast to
+      config.dtype and q|k|v, gate|up fused once per call (bfloat16 sampling: pass
+      config.replace(dtype="bfloat16"); log-probs stay float32).
   sample_uncached(...)  same signature and output; recomputes the full forward every step
       (the reference the cache is tested and benchmarked against).
   bucket_length(n, minimum=16) -> int           next power of two >= n
