@@ -21,6 +21,7 @@ import os
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -47,8 +48,9 @@ class RunCheckpointer:
         return self.every > 0 and step % self.every == 0
 
     def save(self, step: int, state, rng, iterator=None, extra: dict | None = None) -> None:
-        items = {"state": ocp.args.StandardSave({"train": state,
-                                                 "rng": jax.random.key_data(rng)}),
+        # the key as host numpy: a single-device array cannot be saved across hosts
+        rng_data = np.asarray(jax.device_get(jax.random.key_data(rng)))
+        items = {"state": ocp.args.StandardSave({"train": state, "rng": rng_data}),
                  "extra": ocp.args.JsonSave(dict(extra or {}))}
         if iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(iterator)
@@ -61,12 +63,12 @@ class RunCheckpointer:
         if step is None:
             raise FileNotFoundError(f"{self.manager.directory}: no checkpoint to resume from")
         target = {"train": abstract_like(state_like),
-                  "rng": abstract_like(jax.random.key_data(rng_like))}
+                  "rng": np.asarray(jax.device_get(jax.random.key_data(rng_like)))}
         items = {"state": ocp.args.StandardRestore(target), "extra": ocp.args.JsonRestore()}
         if iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(iterator)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        rng = jax.random.wrap_key_data(restored["state"]["rng"])
+        rng = jax.random.wrap_key_data(np.asarray(restored["state"]["rng"], np.uint32))
         return restored["state"]["train"], rng, dict(restored["extra"] or {})
 
     def close(self) -> None:

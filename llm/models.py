@@ -143,9 +143,10 @@ class StageEnv:
         reward, reward_config = self.reward_params(), self.reward_config()
         pad_id = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
 
-        def sample_and_score(params, reward_params, key):
-            out = sampler.sample(key, params, self.model_config, prompts["prompt_tokens"],
-                                 prompts["prompt_mask"], max_new_tokens=ev.max_new_tokens,
+        # prompts are arguments, not closed-over constants: they span every process's devices
+        def sample_and_score(params, reward_params, prompt_tokens, prompt_mask, key):
+            out = sampler.sample(key, params, self.model_config, prompt_tokens,
+                                 prompt_mask, max_new_tokens=ev.max_new_tokens,
                                  temperature=ev.temperature, eos_id=self.tokenizer.eos_id,
                                  pad_id=pad_id)
             length = out.response_mask.sum(1).astype(np.float32)
@@ -159,7 +160,8 @@ class StageEnv:
 
         def evaluate_policy(params):
             params = params["decoder"] if "decoder" in params else params
-            return {k: float(v) for k, v in jax.device_get(run(params, reward, key)).items()}
+            out = run(params, reward, prompts["prompt_tokens"], prompts["prompt_mask"], key)
+            return {k: float(v) for k, v in jax.device_get(out).items()}
         return evaluate_policy
 
     # ------------------------------------------------------------------ output

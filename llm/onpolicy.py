@@ -126,9 +126,8 @@ def run(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
                     raise NonFiniteError(f"non-finite {name} at gradient step {step} (iteration "
                                          f"{iteration + 1}); the last good checkpoint is kept")
             metrics = {**host_metrics(update_metrics), **host_metrics(roll_metrics)}
-            real_tokens = float(np.sum(jax.device_get(data["mask"])))
-            seq_len = data["tokens"].shape[1]
-            response_tokens = float(np.sum(jax.device_get(data["response_mask"])))
+            real_tokens, seq_len = metrics["rollout/tokens"], data["tokens"].shape[1]
+            response_tokens = metrics["rollout/response_tokens"]
             metrics.update(
                 time_generation=t1 - t0, time_scoring=t2 - t1, time_update=t3 - t2,
                 time_iteration=t3 - t0, kl_coef=kl_coef,

@@ -133,4 +133,7 @@ def rollout_metrics(rollout) -> dict:
     return {"rollout/gold_reward": mean(rollout["gold_rewards"]),
             "rollout/proxy_reward": mean(rollout["proxy_rewards"]),
             "rollout/length": mean(rollout["response_length"]),
-            "rollout/kl_to_ref": mean(rollout["old_logps"] - rollout["ref_logps"])}
+            "rollout/kl_to_ref": mean(rollout["old_logps"] - rollout["ref_logps"]),
+            # totals as replicated scalars: the token arrays span every process's devices
+            "rollout/tokens": jnp.sum(rollout["mask"]).astype(jnp.float32),
+            "rollout/response_tokens": jnp.sum(rollout["response_mask"]).astype(jnp.float32)}
