@@ -98,3 +98,38 @@ def test_two_processes_give_the_single_process_loss():
 
 if __name__ == "__main__":
     _child(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+
+
+def test_two_process_stages_through_the_cli(tmp_path):
+    """`python -m llm` in 2 processes (MODESEEK_* variables): offline DPO (reference cache,
+    checkpoints, eval by sampling) and on-policy DPO finish; process 0 writes the metrics."""
+    port = _free_port()
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "llm", "--config", "configs/llm.py:tiny", "--workdir",
+           str(workdir), "--stages", "offline_dpo,onpolicy_dpo",
+           "--config.stages.offline_dpo.num_steps=2", "--config.stages.offline_dpo.reward_model=",
+           "--config.stages.onpolicy_dpo.num_iterations=1",
+           "--config.stages.onpolicy_dpo.reward_model=",
+           "--config.stages.onpolicy_dpo.max_new_tokens=6", "--config.eval.every=1",
+           "--config.eval.max_new_tokens=6", "--config.eval.num_prompts=4"]
+    procs = []
+    for pid in range(2):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, XLA_FLAGS="",
+                   MODESEEK_COORDINATOR=f"127.0.0.1:{port}", MODESEEK_NUM_PROCESSES="2",
+                   MODESEEK_PROCESS_ID=str(pid))
+        # files, not pipes: a full pipe would block one process inside a collective
+        log = open(tmp_path / f"process{pid}.log", "w")
+        procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log,
+                                      stderr=subprocess.STDOUT, text=True))
+    try:
+        for pid, proc in enumerate(procs):
+            proc.wait(timeout=TIMEOUT_S)
+            assert proc.returncode == 0, (tmp_path / f"process{pid}.log").read_text()[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    offline = [json.loads(x) for x in open(workdir / "offline_dpo" / "metrics.jsonl")]
+    assert [r["step"] for r in offline] == [0, 1, 2] and "eval/length" in offline[-1]
+    onpolicy = [json.loads(x) for x in open(workdir / "onpolicy_dpo" / "metrics.jsonl")]
+    assert onpolicy[-1]["step"] == 1 and onpolicy[-1]["rollout/tokens"] > 0
