@@ -26,6 +26,7 @@ LLM = [
     "grain>=0.2.18,<0.3",
     "pyarrow>=20",
     "tensorboardX>=2.6,<3",
+    "jinja2>=3.1",  # chat templates
 ]
 PARITY = [
     "torch==2.13.0",

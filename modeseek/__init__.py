@@ -25,6 +25,16 @@ from modeseek.contrastive import (
     simpo_loss,
     slic_hinge_loss,
 )
+from modeseek.decoder import (
+    DecoderConfig,
+    forward,
+    init_params,
+    init_scalar_head,
+    init_scalar_model,
+    param_axes,
+    score,
+    token_values,
+)
 from modeseek.likelihood import best_of_n_loss, nll_loss, reward_ranks, rwr_loss, rwr_weights
 from modeseek.logprobs import (
     categorical_logprobs,
@@ -55,6 +65,7 @@ from modeseek.policy_gradient import (
     ppo_clip_loss,
     reinforce_loss,
 )
+from modeseek.sampler import SampleOutput, bucket_length, pad_prompts, sample
 from modeseek.taxonomy import ALGORITHMS, DEFAULT_HPARAMS, Algorithm, get_algorithm
 from modeseek.train import (
     TrainState,
