@@ -3,8 +3,9 @@
 Command:   python -m bandits                       (this config, writes runs/bandits-<time>/)
            python -m bandits --config=configs/bandits.py:quick --out /tmp/quick
            python -m bandits --config.policy=tabular --config.seeds=3
-Runtime:   default ≈ 3 min on an idle 2-core CPU (MLP policy, 218 runs, 3 compiled programs);
-           `quick` ≈ 1 min; see benchmarks/bandits_sweep.py.
+Runtime:   default 11.6 min wall on a 2-core CPU at load ≈ 9 (6.5 CPU-min; MLP policy, 218
+           runs, 3 compiled programs), 50 s on one H200; `quick` 94 s at load ≈ 7;
+           see benchmarks/bandits_sweep.py.
 Expected:  on R1 (reward peak where π_ref is small) on-policy IPO/DPO reach 0.9 expected reward
            first; offline methods stay far below; on R2 every method ends near 1.
 
