@@ -8,23 +8,10 @@ import subprocess
 import sys
 
 import numpy as np
+from llm_batches import random_pair_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 120
-
-
-def _global_batch_numpy():
-    rng = np.random.default_rng(0)
-    B, P, T = 8, 6, 5
-    return {
-        "prompt_tokens": rng.integers(0, 256, (B, P)).astype(np.int32),
-        "prompt_mask": np.arange(P)[None] >= rng.integers(0, 3, (B, 1)),
-        "chosen_tokens": rng.integers(0, 256, (B, T)).astype(np.int32),
-        "rejected_tokens": rng.integers(0, 256, (B, T)).astype(np.int32),
-        "chosen_mask": np.arange(T)[None] < rng.integers(2, T + 1, (B, 1)),
-        "rejected_mask": np.arange(T)[None] < rng.integers(2, T + 1, (B, 1)),
-        "ref_logps": (rng.normal(size=(B, 2)) * 3 - 20).astype(np.float32),
-    }
 
 
 def _child(coordinator: str, num_processes: int, process_id: int):
@@ -43,7 +30,7 @@ def _child(coordinator: str, num_processes: int, process_id: int):
     config = dec.DecoderConfig.tiny(vocab_size=264)
     mesh = shd.make_mesh(1, -1, 1)
     assert mesh.devices.size == num_processes
-    batch = _global_batch_numpy()
+    batch = random_pair_batch()
     rows = len(batch["prompt_tokens"]) // num_processes
     local = {k: v[process_id * rows:(process_id + 1) * rows] for k, v in batch.items()}
     optimizer = modeseek.make_optimizer(learning_rate=1e-2, max_grad_norm=1.0)

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from llm_batches import random_pair_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHES = [(8, 1, 1), (2, 2, 2), (1, 4, 2)]
@@ -25,17 +26,7 @@ def _child():
     from modeseek import decoder as dec
 
     config = dec.DecoderConfig.tiny(vocab_size=264)
-    rng = np.random.default_rng(0)
-    B, P, T = 8, 6, 5
-    batch = {
-        "prompt_tokens": rng.integers(0, 256, (B, P)).astype(np.int32),
-        "prompt_mask": np.arange(P)[None] >= rng.integers(0, 3, (B, 1)),
-        "chosen_tokens": rng.integers(0, 256, (B, T)).astype(np.int32),
-        "rejected_tokens": rng.integers(0, 256, (B, T)).astype(np.int32),
-        "chosen_mask": np.arange(T)[None] < rng.integers(2, T + 1, (B, 1)),
-        "rejected_mask": np.arange(T)[None] < rng.integers(2, T + 1, (B, 1)),
-        "ref_logps": (rng.normal(size=(B, 2)) * 3 - 20).astype(np.float32),
-    }
+    batch = random_pair_batch()
     optimizer = modeseek.make_optimizer(learning_rate=1e-2, max_grad_norm=1.0)
     loss_fn = steps.make_offline_loss(config, "offline_dpo",
                                       steps.objective_hparams("offline_dpo", {}))
