@@ -13,7 +13,6 @@ Checkpoint steps count iterations.
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 import jax
@@ -24,7 +23,14 @@ from llm import checkpointing, logs, models, ppo, rollout, steps
 from llm import sharding as shd
 from llm import state as st
 from llm.data import make_loader
-from llm.runtime import NonFiniteError, Preemption, host_metrics, make_optimizer
+from llm.runtime import (
+    NonFiniteError,
+    Preemption,
+    close_all,
+    host_metrics,
+    make_optimizer,
+    step_boundary,
+)
 
 
 def _block(tree):
@@ -146,19 +152,12 @@ def run(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
             logger.log(iteration + 1, metrics)
             bar.update(1)
             bar.set_postfix(length=f"{metrics['rollout/length']:.1f}")
-            if stage_cfg.get("preempt_at_step") == iteration + 1:
-                os.kill(os.getpid(), signal.SIGTERM)
-            if ckpt.due(iteration + 1) or preempt.requested:
-                ckpt.save(iteration + 1, state, rng, it,
-                          {"iteration": iteration + 1, "kl_coef": kl_coef})
-            if preempt.requested:
+            if step_boundary(stage_cfg, ckpt, preempt, iteration + 1, state, rng, it,
+                             {"iteration": iteration + 1, "kl_coef": kl_coef}):
                 status = "preempted"
                 break
     finally:
-        preempt.close()
-        bar.close()
-        logger.close()
-        ckpt.close()
+        close_all(preempt, bar, logger, ckpt)
     if status == "preempted":
         return {"status": status, "iteration": iteration + 1}
     return env.finish(stage_dir, state.params, metrics)

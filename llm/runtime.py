@@ -3,6 +3,7 @@ with the NaN/inf guard, and SIGTERM-driven preemption."""
 
 from __future__ import annotations
 
+import os
 import signal
 
 import jax
@@ -28,6 +29,23 @@ class Preemption:
 
     def close(self):
         signal.signal(signal.SIGTERM, self._previous)
+
+
+def step_boundary(stage_cfg, ckpt, preempt: Preemption, step: int, *save_args) -> bool:
+    """End of step `step` (1-based count of finished steps): checkpoint when due or when a
+    SIGTERM arrived; True when the loop must stop. `preempt_at_step` in the stage config sends
+    a real SIGTERM at that step (the kill-and-resume tests)."""
+    if stage_cfg.get("preempt_at_step") == step:
+        os.kill(os.getpid(), signal.SIGTERM)
+    if ckpt.due(step) or preempt.requested:
+        ckpt.save(step, *save_args)
+    return preempt.requested
+
+
+def close_all(*resources) -> None:
+    """Close each resource in the order given (signal handler first, checkpointer last)."""
+    for resource in resources:
+        resource.close()
 
 
 def check_finite(metrics: dict, step: int) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 
 import jax
@@ -33,7 +32,14 @@ from llm import checkpointing, logs, models, onpolicy, steps
 from llm import sharding as shd
 from llm import state as st
 from llm.data import make_loader
-from llm.runtime import Preemption, check_finite, host_metrics, make_optimizer
+from llm.runtime import (
+    Preemption,
+    check_finite,
+    close_all,
+    host_metrics,
+    make_optimizer,
+    step_boundary,
+)
 
 
 def pair_loader(cfg, tokenizer, source, batch_size, *, shuffle, seed, num_epochs=None):
@@ -169,18 +175,11 @@ def run_batches(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
             logger.log(step + 1, metrics)
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-            if stage_cfg.get("preempt_at_step") == step + 1:  # tests: a real SIGTERM
-                os.kill(os.getpid(), signal.SIGTERM)
-            if ckpt.due(step + 1) or preempt.requested:
-                ckpt.save(step + 1, state, rng, it)
-            if preempt.requested:
+            if step_boundary(stage_cfg, ckpt, preempt, step + 1, state, rng, it):
                 status = "preempted"
                 break
     finally:
-        preempt.close()
-        bar.close()
-        logger.close()
-        ckpt.close()
+        close_all(preempt, bar, logger, ckpt)
     if status == "preempted":
         return {"status": status, "step": int(jax.device_get(state.step))}
     return env.finish(stage_dir, state.params, metrics)
