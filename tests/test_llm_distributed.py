@@ -21,6 +21,8 @@ def _child(coordinator: str, num_processes: int, process_id: int):
 
     if num_processes > 1:
         assert distributed.initialize(coordinator, num_processes, process_id, timeout_s=60)
+    import optax
+
     import modeseek
     from llm import sharding as shd
     from llm import state as st
@@ -33,7 +35,9 @@ def _child(coordinator: str, num_processes: int, process_id: int):
     batch = random_pair_batch()
     rows = len(batch["prompt_tokens"]) // num_processes
     local = {k: v[process_id * rows:(process_id + 1) * rows] for k, v in batch.items()}
-    optimizer = modeseek.make_optimizer(learning_rate=1e-2, max_grad_norm=1.0)
+    # SGD, not Adam: Adam's first step is lr·g/|g|, so a near-zero gradient summed in another
+    # order can move a parameter by up to lr, and the second step's loss would depend on it.
+    optimizer = optax.sgd(1e-2)
     loss_fn = steps.make_offline_loss(config, "offline_dpo",
                                       steps.objective_hparams("offline_dpo", {}))
     shardings, _ = st.param_shardings(config, mesh)
