@@ -41,9 +41,9 @@ def stage(name, kind, **overrides):
         minibatch_prompts=4, max_new_tokens=48, temperature=1.0, top_k=0, top_p=1.0,
         learning_rate=1e-5, schedule="constant", warmup_steps=0, max_grad_norm=1.0,
         weight_decay=0.0, accumulation_steps=1, preempt_at_step=0))
-    s.hparams = ml_collections.ConfigDict(dict(DEFAULT_HPARAMS))
-    s.ppo = ml_collections.ConfigDict(dict(vf_coef=0.1, gamma=1.0, lam=0.95, init_kl_coef=0.05,
-                                           kl_target=6.0, kl_horizon=10000))
+    # the taxonomy's defaults (their one home; validated by modeseek.resolve_hparams), with
+    # Ziegler et al.'s adaptive KL target (nats per sample) for token-level PPO stages
+    s.hparams = ml_collections.ConfigDict(dict(DEFAULT_HPARAMS, kl_target=6.0))
     for key, value in overrides.items():
         if isinstance(value, dict):
             s[key].update(value)

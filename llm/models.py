@@ -87,7 +87,7 @@ class StageEnv:
 
     def initial_params(self, *, with_head: bool = False):
         """(params, shardings) of the policy (or of a scalar model when `with_head`)."""
-        init = self.stage_cfg.get("init", "")
+        init = self.stage_cfg.init
         if init:
             if self.config_of(init) != self.model_config:
                 raise ValueError(f"stage {self.stage_cfg.name}: init stage {init!r} has another "
@@ -103,12 +103,22 @@ class StageEnv:
         return {"decoder": decoder, "head": head}, {"decoder": dec_sh, "head": head_sh}
 
     def reward_params(self):
-        name = self.stage_cfg.get("reward_model", "")
+        name = self.stage_cfg.reward_model
         return self.load_stage_params(name, with_head=True)[0] if name else None
 
     def reward_config(self) -> dec.DecoderConfig:
-        name = self.stage_cfg.get("reward_model", "")
+        name = self.stage_cfg.reward_model
         return self.config_of(name) if name else self.model_config
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """The one EOS set (every id that ends a turn) used by sampling, training data and
+        evaluation."""
+        return tuple(getattr(self.tokenizer, "eos_ids", ())) or (int(self.tokenizer.eos_id),)
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
 
     # ------------------------------------------------------------------ evaluation
     def _loader(self, batch_size, prompts_only):
@@ -127,7 +137,7 @@ class StageEnv:
         gold reward (−length) and proxy reward of one sample per held-out prompt."""
         ev = self.cfg.eval
         if kind == "reward_model":
-            pairs = [shd.global_batch({k: b[k] for k in steps_keys()}, self.mesh)
+            pairs = [shd.global_batch({k: b[k] for k in steps.PAIR_KEYS}, self.mesh)
                      for b in self._loader(ev.batch_size, False)]
             scores_fn = st.jit_eval(lambda p, b: steps.reward_scores(p, self.model_config, b),
                                     self.mesh)
@@ -141,14 +151,13 @@ class StageEnv:
         prompts = shd.global_batch({k: prompts[k] for k in ("prompt_tokens", "prompt_mask")},
                                    self.mesh)
         reward, reward_config = self.reward_params(), self.reward_config()
-        pad_id = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
 
         # prompts are arguments, not closed-over constants: they span every process's devices
         def sample_and_score(params, reward_params, prompt_tokens, prompt_mask, key):
             out = sampler.sample(key, params, self.model_config, prompt_tokens,
                                  prompt_mask, max_new_tokens=ev.max_new_tokens,
-                                 temperature=ev.temperature, eos_id=self.tokenizer.eos_id,
-                                 pad_id=pad_id)
+                                 temperature=ev.temperature, eos_id=self.eos_ids,
+                                 pad_id=self.pad_id)
             length = out.response_mask.sum(1).astype(np.float32)
             proxy = (dec.score(reward_params, reward_config, out.tokens, out.mask)
                      if reward_params is not None else -length)
@@ -168,7 +177,7 @@ class StageEnv:
     def finish(self, stage_dir: str, params, last_metrics: dict) -> dict:
         checkpointing.save_params(os.path.join(stage_dir, "params"), params)
         summary = {"status": "done", "stage": self.stage_cfg.name, "kind": self.stage_cfg.kind,
-                   "algorithm": self.stage_cfg.get("algorithm", ""),
+                   "algorithm": self.stage_cfg.algorithm,
                    "final": {k: float(v) for k, v in last_metrics.items()}}
         if jax.process_index() == 0:
             with open(os.path.join(stage_dir, "summary.json"), "w") as f:
@@ -179,7 +188,7 @@ class StageEnv:
 def stage_model_config(base: dec.DecoderConfig, stage_cfg) -> dec.DecoderConfig:
     """A stage's model: the base, or for `trunk_layers` = k > 0 its first k layers (a cheaper
     reward-model trunk: embedding, layers 0..k−1, final norm, scalar head)."""
-    k = stage_cfg.get("trunk_layers", 0)
+    k = stage_cfg.trunk_layers
     if not k:
         return base
     if k > base.num_layers:
@@ -195,14 +204,9 @@ def truncate_layers(params, num_layers: int):
 
 def train_source(cfg, stage_cfg):
     """The stage's training data: the file, or its first `stage.train_rows` rows (0 = all)."""
-    if not stage_cfg.get("train_rows", 0):
+    if not stage_cfg.train_rows:
         return cfg.data.train
     from llm.data import read_preference_file
 
     rows, _ = read_preference_file(cfg.data.train, skip_bad_rows=cfg.data.skip_bad_rows)
     return rows[: stage_cfg.train_rows]
-
-
-def steps_keys():
-    return ("prompt_tokens", "prompt_mask", "chosen_tokens", "chosen_mask", "rejected_tokens",
-            "rejected_mask")

@@ -95,7 +95,7 @@ def test_nan_stops_run_and_keeps_last_good_checkpoint(tmp_path):
 def test_ppo_trains_with_value_head_and_adaptive_kl(tmp_path):
     cfg = tiny_config()
     stage = onpolicy_stage(cfg, algorithm="ppo", num_iterations=2, learning_rate=1e-3)
-    stage.ppo.update(init_kl_coef=0.1, kl_target=1e-3, kl_horizon=10)
+    stage.hparams.update(kl_coef=0.1, kl_target=1e-3, kl_horizon=10)
     summary = train.run_stage(cfg, stage, str(tmp_path / "ppo" / "stage"))
     assert summary["status"] == "done"
     rows = metrics_of(str(tmp_path / "ppo" / "stage"))
