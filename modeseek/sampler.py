@@ -70,6 +70,8 @@ def bucket_length(n: int, minimum: int = 16) -> int:
 
 def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int, *, side: str = "left",
                 length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens [B, length], mask [B, length]) as numpy int32, each prompt padded on `side` to
+    `length` (default: its `bucket_length`)."""
     if side not in ("left", "right"):
         raise ValueError(f"pad side must be 'left' or 'right', got {side!r}")
     longest = max(len(p) for p in prompts)
@@ -355,3 +357,8 @@ def sample_uncached(key: jax.Array, params, config: dec.DecoderConfig,
                       temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id,
                       pad_id=pad_id)
     return _output(prompt_tokens_BxP, prompt_mask_BxP, state)
+
+
+sample.__doc__ = """Sample up to `max_new_tokens` response tokens per row with a KV cache (one
+jitted
+program); see the module docstring for the arguments and the returned `SampleOutput`."""

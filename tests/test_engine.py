@@ -178,3 +178,16 @@ def test_hparams_have_one_home():
     np.testing.assert_array_equal(out, [1.0, -1.0])
     for a in ms.ALGORITHMS.values():  # every objective reads only names with a home
         assert set(a.needs) <= set(ms.HPARAMS), a.name
+
+
+def test_every_public_name_has_a_docstring():
+    """`help(modeseek.X)` documents every public function and class (the tables are dicts,
+    documented in `modeseek.taxonomy`)."""
+    import inspect
+    import types
+
+    tables = {"ALGORITHMS", "DEFAULT_HPARAMS", "HPARAMS"}
+    missing = [n for n in dir(ms) if not n.startswith("_") and n not in tables
+               and not isinstance(getattr(ms, n), types.ModuleType)
+               and not (inspect.getdoc(getattr(ms, n)) or "").strip()]
+    assert missing == []
