@@ -360,5 +360,4 @@ def sample_uncached(key: jax.Array, params, config: dec.DecoderConfig,
 
 
 sample.__doc__ = """Sample up to `max_new_tokens` response tokens per row with a KV cache (one
-jitted
-program); see the module docstring for the arguments and the returned `SampleOutput`."""
+jitted program); see the module docstring for the arguments and the returned `SampleOutput`."""
