@@ -312,13 +312,12 @@ SEQUENCE_CLASSIFICATION = {"LlamaForSequenceClassification": "llama",
 
 def sequence_classification_architecture(hf: dict[str, Any]) -> str:
     """"llama" | "mistral" | "qwen2" | "gpt_neox" for a `*ForSequenceClassification` config."""
-    names = hf.get("architectures") or []
-    known = [SEQUENCE_CLASSIFICATION[n] for n in names if n in SEQUENCE_CLASSIFICATION]
-    if not known:
-        raise CheckpointError(f"config.json architectures={names} is not a supported sequence-"
-                              f"classification reward model; supported: "
-                              f"{sorted(SEQUENCE_CLASSIFICATION)}")
-    return known[0]
+    for name in hf.get("architectures") or []:
+        if name in SEQUENCE_CLASSIFICATION:
+            return SEQUENCE_CLASSIFICATION[name]
+    raise CheckpointError(f"config.json architectures={hf.get('architectures')} is not a "
+                          "supported sequence-classification reward model; supported: "
+                          f"{sorted(SEQUENCE_CLASSIFICATION)}")
 
 
 def reward_model_from_hf(hf: dict[str, Any], tensors: dict[str, np.ndarray], *,

@@ -11,6 +11,8 @@
         (config.json + safetensors; pickle files are refused), read with `llm.safetensors_io`.
     make_score_fn(config, *, pad_id=None) -> score_fn(params, tokens [B, S], mask [B, S]) -> [B]
     hf_pool_index(tokens [B, S], mask [B, S], pad_id) -> [B]
+    build_model_reward(kind, path, *, name, tokenizer=None, retokenize=False, dtype="float32")
+        -> Reward (kind "model" | "hf_model"), scoring concat(prompt, response) rows
 
 Pooling as transformers 5.24 does (`GenericForSequenceClassification.forward`): the score is
 read at the rightmost position whose token is not `pad_token_id`,
@@ -30,16 +32,20 @@ transformers' result on right-padded input and on left-padded input when it is g
 from __future__ import annotations
 
 import functools
-import json
 import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from llm import checkpointing, hf_layout
+from llm.checkpoints import _read_config as read_config
+from llm.reward_types import Reward, RewardError, RewardInputs
 from llm.safetensors_io import CheckpointError, read_checkpoint_dir
+from llm.tokenizer import load_tokenizer
 from modeseek import decoder as dec
+from modeseek.sampler import pad_prompts
 
 
 def hf_pool_index(tokens_BxS: jax.Array, mask_BxS: jax.Array, pad_id: int | None) -> jax.Array:
@@ -71,22 +77,12 @@ def _hf_score(params, tokens_BxS, mask_BxS, *, config, pad_id):
     return jnp.take_along_axis(values_BxS, index_B[:, None], axis=1)[:, 0]
 
 
-def _read_json(path: str) -> dict:
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path}: missing")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-
-
 def load_hf_reward_model(path: str, *, dtype: str = "float32", param_dtype: str = "float32"):
     """(DecoderConfig, params {"decoder", "head"} as jax arrays, pad_token_id or None)."""
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: not a directory (expected a Hugging Face "
                               "*ForSequenceClassification folder)")
-    hf = _read_json(os.path.join(path, "config.json"))
+    hf = read_config(path)
     config, params = hf_layout.reward_model_from_hf(hf, read_checkpoint_dir(path), source=path,
                                                     dtype=dtype, param_dtype=param_dtype)
     pad_id = hf.get("pad_token_id")
@@ -98,7 +94,7 @@ def stage_reward_model_config(stage_dir: str) -> dec.DecoderConfig:
     from llm import models  # lazy: loads the base model's config (and, for real models, weights)
 
     workdir, stage = os.path.split(os.path.abspath(stage_dir))
-    run = _read_json(os.path.join(workdir, "config.json"))
+    run = read_config(workdir)
     stage_cfg = (run.get("stages") or {}).get(stage)
     if stage_cfg is None:
         raise CheckpointError(f"{workdir}/config.json has no stage {stage!r} (stages: "
@@ -130,3 +126,83 @@ def load_stage_reward_model(path: str):
         raise CheckpointError(f"{params_dir}: not a reward model of the run's config ({e})") \
             from None
     return config, params
+
+
+# ----------------------------------------------------------------------------- as a Reward
+_PROBE = "Hello, world! 12345 naïve ### Answer:"
+
+
+def build_model_reward(kind: str, path: str, *, name: str, tokenizer=None,
+                       retokenize: bool = False, dtype: str = "float32") -> Reward:
+    """A Reward scoring concat(prompt, response) rows with a "model" or "hf_model" checkpoint.
+
+    By default the model reads the policy's token ids (the project's own reward model always
+    shares the policy's tokenizer). An HF reward model with another tokenizer needs
+    `retokenize=True`: each row is then `rm_tokenizer.encode(prompt + completion)` of the
+    decoded text (tokenizer.json of the folder), right-padded to a bucketed length. When the
+    folder has a tokenizer and a policy `tokenizer` is given, building without retokenize
+    checks that both encode a probe text alike (and that the policy's ids fit the vocabulary).
+    `dtype` (hf_model): parameters and activations, e.g. "bfloat16" on accelerators."""
+    name = name or os.path.basename(os.path.normpath(path))
+    if kind == "model":
+        config, params = load_stage_reward_model(path)
+        score_fn, pad_id = make_score_fn(config), None
+    else:
+        config, params, pad_id = load_hf_reward_model(path, dtype=dtype, param_dtype=dtype)
+        score_fn = make_score_fn(config, pad_id=pad_id)
+    jitted = jax.jit(score_fn)
+    rm_tokenizer = None
+    if kind == "hf_model" and os.path.exists(os.path.join(path, "tokenizer.json")):
+        rm_tokenizer = load_tokenizer(path)
+    if retokenize:
+        if rm_tokenizer is None:
+            raise RewardError(f"reward {name!r}: retokenize needs {path}/tokenizer.json")
+        compute = _retokenized_compute(jitted, rm_tokenizer, 0 if pad_id is None else pad_id)
+        return Reward(name, kind, True, compute, params=params, score_fn=score_fn,
+                      tokenizer=tokenizer)
+    if tokenizer is not None:
+        _check_same_tokens(name, path, config, tokenizer, rm_tokenizer)
+    return Reward(name, kind, False, functools.partial(_rows_compute, jitted), params=params,
+                  score_fn=score_fn)
+
+
+def _check_same_tokens(name, path, config, tokenizer, rm_tokenizer):
+    if tokenizer.vocab_size > config.vocab_size:
+        raise RewardError(f"reward {name!r}: the policy's vocabulary ({tokenizer.vocab_size} "
+                          f"ids) exceeds the reward model's ({config.vocab_size}, {path}); "
+                          "set retokenize=True to score the decoded text")
+    if rm_tokenizer is not None and (list(tokenizer.encode(_PROBE, add_special_tokens=False))
+                                     != rm_tokenizer.encode(_PROBE, add_special_tokens=False)):
+        raise RewardError(f"reward {name!r}: {path}/tokenizer.json encodes text differently "
+                          "from the policy's tokenizer; set retokenize=True to score the "
+                          "decoded text")
+
+
+def _rows_compute(jitted, inputs: RewardInputs, params):
+    tokens, mask = concat_rows(inputs)
+    P, N = np.shape(inputs.response_mask)[:2]
+    return np.asarray(jitted(params, tokens, mask)).reshape(P, N)
+
+
+def _retokenized_compute(jitted, rm_tokenizer, pad_id):
+    def compute(inputs: RewardInputs, params):
+        P, N = len(inputs.completions), len(inputs.completions[0])
+        ids = [rm_tokenizer.encode(prompt + completion)
+               for prompt, row in zip(inputs.prompts, inputs.completions) for completion in row]
+        tokens, mask = pad_prompts(ids, pad_id, side="right")
+        return np.asarray(jitted(params, tokens, mask)).reshape(P, N)
+
+    return compute
+
+
+def concat_rows(inputs: RewardInputs):
+    """([P·N, Lp + Lr] tokens, mask): each prompt repeated N times, then its responses, the
+    layout the sampler writes; masked slots hold id 0 (pooling ignores masked slots)."""
+    P, N, Lr = np.shape(inputs.response_tokens)
+    prompt = np.repeat(np.asarray(inputs.prompt_tokens, np.int32), N, axis=0)
+    prompt_mask = np.repeat(np.asarray(inputs.prompt_mask, bool), N, axis=0)
+    tokens = np.concatenate([prompt, np.asarray(inputs.response_tokens, np.int32)
+                             .reshape(P * N, Lr)], axis=1)
+    mask = np.concatenate([prompt_mask, np.asarray(inputs.response_mask, bool)
+                           .reshape(P * N, Lr)], axis=1)
+    return np.where(mask, tokens, 0), mask

@@ -28,11 +28,9 @@ import os
 import re
 from collections.abc import Callable
 
+from llm.reward_types import RewardError
+
 GSM8K_MARKER = "#### "
-
-
-class RewardError(ValueError):
-    """A reward could not be built, or returned bad values; the message names the reward."""
 
 
 def _normalise(text: str) -> str | None:

@@ -20,7 +20,9 @@ Kinds (`spec.kind`; a non-empty `spec.fn` selects "fn" whatever `kind` says, so
   model     `path`: the project's own Bradley–Terry reward model, `<workdir>/<stage>` of a run's
             reward_model stage (`llm.reward_models`);
   hf_model  `path`: a Hugging Face `*ForSequenceClassification` folder (Llama, Mistral, Qwen2,
-            GPT-NeoX), pooled at the last non-pad token as transformers does.
+            GPT-NeoX), pooled at the last non-pad token as transformers does; `dtype` of its
+            parameters and activations; `retokenize=True` when its tokenizer is not the
+            policy's (rows become rm_tokenizer.encode(prompt + completion) of the decoded text).
 
 A Reward has `name` (the metric label: "gold/<name>"), `kind`, `needs_text` (True when it reads
 decoded text), `last_seconds` (wall time of the last call, for the iteration's metrics) and,
@@ -32,111 +34,23 @@ raise `RewardError` naming the reward (the caller stops and keeps its last good 
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
-import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
 
-import jax
 import ml_collections
 import numpy as np
 
 from llm import reward_models, reward_text
-from llm.reward_text import RewardError
+from llm.reward_types import Reward, RewardError, RewardInputs, check_scores, decode_inputs
 from modeseek import rewards as rule_rewards
 
 KINDS = ("rule", "fn", "model", "hf_model")
 RULES = ("neg_length", "neg_length_distance", "exact_match", "regex", "format")
 _FIELDS = dict(kind="rule", name="", rule="", mode=-1.0, pattern="", path="", references=(),
-               fn="", marker=reward_text.GSM8K_MARKER)
+               fn="", marker=reward_text.GSM8K_MARKER, retokenize=False, dtype="float32")
 
 __all__ = ["KINDS", "RULES", "Reward", "RewardError", "RewardInputs", "build_reward",
-           "build_rewards", "decode_inputs", "reward_config"]
-
-
-class RewardInputs(NamedTuple):
-    """One batch to score: P prompts × N responses.
-
-    prompt_tokens [P, Lp] int32 left-padded, prompt_mask [P, Lp] bool; response_tokens
-    [P, N, Lr] int32 right-padded, response_mask [P, N, Lr] bool (1 up to and including EOS);
-    prompts: P decoded prompts; completions: [P][N] decoded completions; columns: per-prompt
-    dataset columns {name: list of P values} passed on to user functions (e.g. "answer")."""
-
-    prompt_tokens: Any
-    prompt_mask: Any
-    response_tokens: Any
-    response_mask: Any
-    prompts: list[str] | None = None
-    completions: list[list[str]] | None = None
-    columns: dict[str, list] | None = None
-
-
-@dataclasses.dataclass(eq=False)
-class Reward:
-    """A reward: `reward(inputs, params=None) -> [P, N] float32` (see the module docstring)."""
-
-    name: str
-    kind: str
-    needs_text: bool
-    compute: Callable[[RewardInputs, Any], Any]
-    params: Any = None
-    score_fn: Callable | None = None
-    tokenizer: Any = None
-    last_seconds: float = 0.0
-
-    def __call__(self, inputs: RewardInputs, params=None) -> np.ndarray:
-        start = time.perf_counter()
-        P, N = np.shape(inputs.response_mask)[:2]
-        if self.needs_text:
-            inputs = decode_inputs(inputs, self.tokenizer, name=self.name)
-        try:
-            scores = self.compute(inputs, self.params if params is None else params)
-        except RewardError:
-            raise
-        except Exception as e:
-            raise RewardError(f"reward {self.name!r} ({self.kind}) raised "
-                              f"{type(e).__name__}: {e}") from e
-        self.last_seconds = time.perf_counter() - start
-        return check_scores(self.name, scores, (P, N))
-
-
-def check_scores(name: str, scores, shape: tuple[int, int]) -> np.ndarray:
-    """`scores` as float32 [P, N]; RewardError naming the reward on wrong size or NaN/inf."""
-    try:
-        array = np.asarray(scores, dtype=np.float32)
-    except (TypeError, ValueError) as e:
-        raise RewardError(f"reward {name!r}: returned values that are not numbers ({e})") from None
-    if array.size != shape[0] * shape[1]:
-        raise RewardError(f"reward {name!r}: returned {array.size} values of shape "
-                          f"{array.shape}, expected {shape[0] * shape[1]} (P={shape[0]} prompts "
-                          f"× N={shape[1]} samples)")
-    array = array.reshape(shape)
-    bad = np.argwhere(~np.isfinite(array))
-    if len(bad):
-        p, n = bad[0]
-        raise RewardError(f"reward {name!r}: {len(bad)} non-finite values, first "
-                          f"{array[p, n]} at prompt {p}, sample {n}")
-    return array
-
-
-def decode_inputs(inputs: RewardInputs, tokenizer, *, name: str = "reward") -> RewardInputs:
-    """`inputs` with prompts/completions decoded from the tokens where they are missing
-    (`tokenizer.decode(ids[mask], skip_special_tokens=True)`, so EOS is dropped)."""
-    if inputs.prompts is not None and inputs.completions is not None:
-        return inputs
-    if tokenizer is None:
-        raise RewardError(f"reward {name!r} reads text: pass RewardInputs.prompts/completions "
-                          "or build it with a tokenizer")
-    prompts, completions = inputs.prompts, inputs.completions
-    if prompts is None:
-        prompts = [tokenizer.decode(t[m]) for t, m in zip(np.asarray(inputs.prompt_tokens),
-                                                          np.asarray(inputs.prompt_mask, bool))]
-    if completions is None:
-        completions = [[tokenizer.decode(t[m]) for t, m in zip(ts, ms)]
-                       for ts, ms in zip(np.asarray(inputs.response_tokens),
-                                         np.asarray(inputs.response_mask, bool))]
-    return inputs._replace(prompts=prompts, completions=completions)
+           "build_rewards", "check_scores", "decode_inputs", "import_function", "reward_config"]
 
 
 # ----------------------------------------------------------------------------- configs
@@ -145,7 +59,7 @@ def decode_inputs(inputs: RewardInputs, tokenizer, *, name: str = "reward") -> R
 def reward_config(kind: str = "rule", **fields) -> ml_collections.ConfigDict:
     """A reward spec with every field present, so a locked config accepts command-line
     overrides such as `--config.reward.fn=pkg.mod:score`. Fields: kind, name, rule, mode,
-    pattern, path, references, fn, marker (see the module docstring)."""
+    pattern, path, references, fn, marker, retokenize, dtype (see the module docstring)."""
     unknown = sorted(set(fields) - set(_FIELDS))
     if unknown:
         raise ValueError(f"reward_config: unknown fields {unknown}; known: {sorted(_FIELDS)}")
@@ -180,15 +94,9 @@ def build_reward(spec, *, tokenizer=None) -> Reward:
     path = _field(spec, "path")
     if not path:
         raise RewardError(f"reward kind {kind!r} needs `path` (a checkpoint folder)")
-    if kind == "model":
-        config, params = reward_models.load_stage_reward_model(path)
-        score_fn = reward_models.make_score_fn(config)
-    else:
-        config, params, pad_id = reward_models.load_hf_reward_model(path)
-        score_fn = reward_models.make_score_fn(config, pad_id=pad_id)
-    jitted = jax.jit(score_fn)
-    return Reward(name or f"{kind}:{path.rstrip('/').split('/')[-1]}", kind, False,
-                  _model_compute(jitted), params=params, score_fn=score_fn)
+    return reward_models.build_model_reward(kind, path, name=name, tokenizer=tokenizer,
+                                            retokenize=bool(_field(spec, "retokenize")),
+                                            dtype=_field(spec, "dtype"))
 
 
 def build_rewards(proxy_spec, gold_specs: dict, *, tokenizer=None):
@@ -277,27 +185,3 @@ def _function_reward(path: str, name: str, tokenizer) -> Reward:
         return scores
 
     return Reward(name, "fn", True, compute, tokenizer=tokenizer)
-
-
-def _model_compute(jitted):
-    """Host-side compute of a model reward: rows concat(prompt, response) → jitted score."""
-
-    def compute(inputs, params):
-        tokens, mask = concat_rows(inputs)
-        P, N = np.shape(inputs.response_mask)[:2]
-        return np.asarray(jitted(params, tokens, mask)).reshape(P, N)
-
-    return compute
-
-
-def concat_rows(inputs: RewardInputs):
-    """([P·N, Lp + Lr] tokens, mask): each prompt repeated N times, then its responses; masked
-    slots hold token 0 (pooling reads the mask, so the id never matters)."""
-    P, N, Lr = np.shape(inputs.response_tokens)
-    prompt = np.repeat(np.asarray(inputs.prompt_tokens, np.int32), N, axis=0)
-    prompt_mask = np.repeat(np.asarray(inputs.prompt_mask, bool), N, axis=0)
-    tokens = np.concatenate([prompt, np.asarray(inputs.response_tokens, np.int32)
-                             .reshape(P * N, Lr)], axis=1)
-    mask = np.concatenate([prompt_mask, np.asarray(inputs.response_mask, bool)
-                           .reshape(P * N, Lr)], axis=1)
-    return np.where(mask, tokens, 0), mask
