@@ -2,8 +2,13 @@
 
     RewardInputs(prompt_tokens, prompt_mask, response_tokens, response_mask, prompts=None,
                  completions=None, columns=None)
-    Reward(name, kind, needs_text, compute, params=None, score_fn=None, tokenizer=None)
+    Reward(name, kind, needs_text, compute, params=None, score_fn=None, response_fn=None,
+           tokenizer=None)
         reward(inputs, params=None) -> np.ndarray float32 [P, N]; `last_seconds` after a call
+        compute(inputs, params) -> [P, N]-sized values (host); params: the loaded weights of
+        model rewards; score_fn(params, tokens [B, S], mask [B, S]) -> [B] and
+        response_fn(response_mask [..., Lr]) -> [...]: jit-able device forms, where they exist;
+        tokenizer decodes text for rewards with needs_text when the inputs carry none
     check_scores(name, scores, (P, N)) -> float32 [P, N]      RewardError on bad size, NaN/inf
     decode_inputs(inputs, tokenizer) -> inputs with prompts/completions decoded where missing
     RewardError   a reward could not be built, or returned bad values; names the reward
@@ -52,6 +57,7 @@ class Reward:
     compute: Callable[[RewardInputs, Any], Any]
     params: Any = None
     score_fn: Callable | None = None
+    response_fn: Callable | None = None
     tokenizer: Any = None
     last_seconds: float = 0.0
 

@@ -27,13 +27,16 @@ Kinds (`spec.kind`; a non-empty `spec.fn` selects "fn" whatever `kind` says, so
 A Reward has `name` (the metric label: "gold/<name>"), `kind`, `needs_text` (True when it reads
 decoded text), `last_seconds` (wall time of the last call, for the iteration's metrics) and,
 for model kinds, `params` and a jit-able `score_fn(params, tokens [B, S], mask [B, S]) -> [B]`
-over concat(prompt, response) rows, for the engine's one device scoring pass. Calling it on
-host arrays gives [P, N] float32; wrong shape, NaN/inf or an exception in a user function
-raise `RewardError` naming the reward (the caller stops and keeps its last good checkpoint).
+over concat(prompt, response) rows, for the engine's one device scoring pass; the length rules
+instead have a jit-able `response_fn(response_mask [..., Lr]) -> [...]` (`modeseek.rewards`).
+Calling it on host arrays gives [P, N] float32; wrong shape, NaN/inf or an exception in a user
+function raise `RewardError` naming the reward (the caller stops, keeping its last good
+checkpoint).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 
@@ -115,17 +118,16 @@ def build_rewards(proxy_spec, gold_specs: dict, *, tokenizer=None):
 
 
 def _rule_reward(rule: str, name: str, spec, tokenizer) -> Reward:
-    if rule == "neg_length":
-        compute = lambda inputs, _: rule_rewards.negative_length(inputs.response_mask)
-        return Reward(name, "rule", False, compute)
-    if rule == "neg_length_distance":
-        mode = float(_field(spec, "mode"))
-        if mode < 0:
-            raise RewardError(f"reward {name!r}: rule neg_length_distance needs mode >= 0, "
-                              f"got {mode}")
-        compute = lambda inputs, _: rule_rewards.negative_length_distance(inputs.response_mask,
-                                                                          mode)
-        return Reward(name, "rule", False, compute)
+    if rule in ("neg_length", "neg_length_distance"):
+        response_fn = rule_rewards.negative_length
+        if rule == "neg_length_distance":
+            mode = float(_field(spec, "mode"))
+            if mode < 0:
+                raise RewardError(f"reward {name!r}: rule neg_length_distance needs mode >= 0, "
+                                  f"got {mode}")
+            response_fn = functools.partial(rule_rewards.negative_length_distance, mode=mode)
+        compute = lambda inputs, _: response_fn(inputs.response_mask)
+        return Reward(name, "rule", False, compute, response_fn=response_fn)
     score_one = reward_text.make_text_rule(rule, name, pattern=_field(spec, "pattern"),
                                            path=_field(spec, "path"),
                                            references=_field(spec, "references"),

@@ -85,6 +85,8 @@ def test_length_rules_equal_plain_python_on_text():
     dist = rewards.build_reward(dict(kind="rule", rule="neg_length_distance", mode=10))
     np.testing.assert_array_equal(dist(inputs), -np.abs(plain_lengths() - 10))
     assert (neg.name, neg.needs_text, dist.name) == ("neg_length", False, "neg_length_distance")
+    on_device = jax.jit(dist.response_fn)(jnp.asarray(inputs.response_mask))
+    np.testing.assert_array_equal(on_device, -np.abs(plain_lengths() - 10))
 
 
 def plain_gsm8k(completion, reference):

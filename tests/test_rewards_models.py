@@ -185,3 +185,47 @@ def test_own_reward_model_errors_name_the_path(tmp_path):
     with pytest.raises(CheckpointError, match=re.escape(str(tmp_path / "run" / "sft" /
                                                             "params") + ": missing")):
         rewards.build_reward(dict(kind="model", path=str(tmp_path / "run" / "sft")))
+
+
+def word_tokenizer(texts):
+    """A word-level HF tokenizer over `texts` (ids: <pad> 0, <unk> 1, </s> 2, then words)."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers
+
+    from llm.tokenizer import Tokenizer
+
+    words = sorted(set(" ".join(texts).split()))
+    vocab = {"<pad>": PAD, "<unk>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    assert len(vocab) <= V
+    hf = HFTokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return Tokenizer(hf, bos_token=None, eos_token="</s>", pad_token="<pad>")
+
+
+def test_hf_reward_model_with_its_own_tokenizer_retokenizes_the_text(tmp_path):
+    from llm.byte_tokenizer import ByteTokenizer
+
+    prompts = ["Question: two plus two ? ", "Say hi\n"]  # decoded prompts end in a separator
+    completions = [["it is four", "five"], ["hi there friend", "no"]]
+    rm_tok = word_tokenizer(prompts + [c for row in completions for c in row])
+    model = hf_reward_model("llama", tmp_path / "rm")
+    rm_tok.save(str(tmp_path / "rm"))
+    policy = ByteTokenizer()
+    with pytest.raises(rewards.RewardError, match="set retokenize=True"):
+        rewards.build_reward(dict(kind="hf_model", path=str(tmp_path / "rm")), tokenizer=policy)
+    reward = rewards.build_reward(dict(kind="hf_model", path=str(tmp_path / "rm"),
+                                       retokenize=True), tokenizer=policy)
+    assert reward.needs_text
+    inputs = rewards.RewardInputs(np.zeros((2, 1), np.int32), np.zeros((2, 1), bool),
+                                  np.zeros((2, 2, 1), np.int32), np.zeros((2, 2, 1), bool),
+                                  prompts, completions)
+    got = reward(inputs)
+    rows = [rm_tok.encode(p + c) for p, row in zip(prompts, completions) for c in row]
+    assert 1 not in sum(rows, [])  # every word known: no <unk>
+    tokens = np.full((4, max(map(len, rows))), PAD, np.int32)
+    mask = np.zeros(tokens.shape, np.int32)
+    for i, r in enumerate(rows):
+        tokens[i, :len(r)], mask[i, :len(r)] = r, 1
+    np.testing.assert_allclose(got, hf_scores(model, tokens, mask).reshape(2, 2), atol=1e-4,
+                               rtol=0)
+    assert np.ptp(got) > 0.1
