@@ -66,6 +66,10 @@ class Reward:
         P, N = np.shape(inputs.response_mask)[:2]
         if self.needs_text:
             inputs = decode_inputs(inputs, self.tokenizer, name=self.name)
+            if len(inputs.prompts) != P or any(len(row) != N for row in inputs.completions):
+                raise RewardError(f"reward {self.name!r}: {len(inputs.prompts)} prompts and "
+                                  f"completions per prompt {[len(r) for r in inputs.completions]}"
+                                  f" do not match the tokens' P={P}, N={N}")
         try:
             scores = self.compute(inputs, self.params if params is None else params)
         except RewardError:

@@ -67,6 +67,8 @@ def reward_config(kind: str = "rule", **fields) -> ml_collections.ConfigDict:
     if unknown:
         raise ValueError(f"reward_config: unknown fields {unknown}; known: {sorted(_FIELDS)}")
     _check_kind(kind)
+    if "mode" in fields:  # a float field, so that --config...mode=7.5 overrides work
+        fields["mode"] = float(fields["mode"])
     return ml_collections.ConfigDict({**_FIELDS, **fields, "kind": kind})
 
 
@@ -76,13 +78,16 @@ def _check_kind(kind):
 
 
 def _field(spec, key):
-    value = spec.get(key, _FIELDS[key]) if hasattr(spec, "get") else _FIELDS[key]
+    value = spec.get(key, _FIELDS[key])
     return _FIELDS[key] if value is None else value
 
 
 def build_reward(spec, *, tokenizer=None) -> Reward:
     """The Reward a spec (ConfigDict or dict; see `reward_config`) describes. `tokenizer`
     decodes text for text rewards when RewardInputs carries none."""
+    unknown = sorted(set(spec.keys()) - set(_FIELDS))
+    if unknown:
+        raise RewardError(f"reward spec has unknown fields {unknown}; known: {sorted(_FIELDS)}")
     fn_path = _field(spec, "fn")
     kind = "fn" if fn_path else _field(spec, "kind")
     _check_kind(kind)

@@ -7,6 +7,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -214,16 +215,25 @@ def test_config_fields_overrides_and_unknown_names():
         rewards.build_reward(dict(kind="rule", rule="neg_length_distance"))
     with pytest.raises(rewards.RewardError, match="not a valid regular expression"):
         rewards.build_reward(dict(kind="rule", rule="regex", pattern="(unclosed"))
+    with pytest.raises(rewards.RewardError, match="unknown fields \\['rul'\\]; known: "):
+        rewards.build_reward(dict(kind="rule", rul="neg_length"))
+    short = make_inputs()._replace(completions=[row[:1] for row in COMPLETIONS])
+    with pytest.raises(rewards.RewardError, match="per prompt \\[1, 1, 1\\] do not match the "
+                                                  "tokens' P=3, N=2"):
+        rewards.build_reward(dict(kind="rule", rule="regex", pattern="a"))(short)
     with pytest.raises(rewards.RewardError, match="reads text: pass RewardInputs.prompts"):
         rewards.build_reward(dict(kind="rule", rule="regex", pattern="a"))(make_inputs(text=False))
 
 
 def test_build_rewards_names_golds_by_their_keys(tmp_path):
-    proxy, golds = rewards.build_rewards(
-        dict(kind="fn", fn="tests.reward_fns:count_a"),
-        {"neg_length": rewards.reward_config("rule", rule="neg_length"),
-         "mode8": rewards.reward_config("rule", rule="neg_length_distance", mode=8.0),
-         "named": rewards.reward_config("rule", rule="neg_length", name="len")})
+    golds = ml_collections.ConfigDict()  # as a config holds them
+    golds.neg_length = rewards.reward_config("rule", rule="neg_length")
+    golds.mode8 = rewards.reward_config("rule", rule="neg_length_distance", mode=8)
+    golds.named = rewards.reward_config("rule", rule="neg_length", name="len")
+    golds.lock()
+    golds.mode8.mode = 7.5  # a command-line override
+    golds.mode8.mode = 8
+    proxy, golds = rewards.build_rewards(dict(kind="fn", fn="tests.reward_fns:count_a"), golds)
     assert proxy.name == "count_a"
     assert {k: g.name for k, g in golds.items()} == {"neg_length": "neg_length",
                                                     "mode8": "mode8", "named": "len"}
