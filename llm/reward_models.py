@@ -1,12 +1,12 @@
 """Reward-model checkpoints as scalar models `{"decoder", "head"}` with a jit-able score.
 
-    load_stage_reward_model(path) -> (DecoderConfig, params)
+    load_stage_reward_model(path, *, shardings=None) -> (DecoderConfig, params)
         the project's own Bradley–Terry model: a run folder's reward_model stage output
         (`<workdir>/<stage>/params`, orbax, written by `checkpointing.save_params` at the end of
         the stage); its DecoderConfig is rebuilt from `<workdir>/config.json` (the run's model
         and the stage's `trunk_layers`). Scored with `modeseek.decoder.score` — the head at the
         last slot whose mask is 1 — exactly as the stage trained it.
-    load_hf_reward_model(path, *, dtype="float32") -> (DecoderConfig, params, pad_token_id)
+    load_hf_reward_model(path, *, dtype="float32") -> (DecoderConfig, host params, pad_token_id)
         a Hugging Face `{Llama,Mistral,Qwen2,GPTNeoX}ForSequenceClassification` folder
         (config.json + safetensors; pickle files are refused), read with `llm.safetensors_io`.
     make_score_fn(config, *, pad_id=None) -> score_fn(params, tokens [B, S], mask [B, S]) -> [B]
@@ -78,7 +78,8 @@ def _hf_score(params, tokens_BxS, mask_BxS, *, config, pad_id):
 
 
 def load_hf_reward_model(path: str, *, dtype: str = "float32", param_dtype: str = "float32"):
-    """(DecoderConfig, params {"decoder", "head"} as jax arrays, pad_token_id or None)."""
+    """(DecoderConfig, params {"decoder", "head"} as host NumPy arrays (place them with
+    `llm.sharding.place_params`), pad_token_id or None)."""
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: not a directory (expected a Hugging Face "
                               "*ForSequenceClassification folder)")
@@ -86,7 +87,7 @@ def load_hf_reward_model(path: str, *, dtype: str = "float32", param_dtype: str 
     config, params = hf_layout.reward_model_from_hf(hf, read_checkpoint_dir(path), source=path,
                                                     dtype=dtype, param_dtype=param_dtype)
     pad_id = hf.get("pad_token_id")
-    return config, jax.tree.map(jnp.asarray, params), None if pad_id is None else int(pad_id)
+    return config, params, None if pad_id is None else int(pad_id)
 
 
 def stage_reward_model_config(stage_dir: str) -> dec.DecoderConfig:
@@ -106,8 +107,9 @@ def stage_reward_model_config(stage_dir: str) -> dec.DecoderConfig:
     return models.stage_model_config(base, ml_collections.ConfigDict(stage_cfg))
 
 
-def load_stage_reward_model(path: str):
-    """(DecoderConfig, params {"decoder", "head"}) of `<workdir>/<stage>` (or its params/)."""
+def load_stage_reward_model(path: str, *, shardings=None):
+    """(DecoderConfig, params {"decoder", "head"}) of `<workdir>/<stage>` (or its params/),
+    restored into `shardings` (a tree like the params; default: the first local device)."""
     path = os.path.abspath(path)
     if os.path.basename(path) == "params":
         path = os.path.dirname(path)
@@ -115,11 +117,13 @@ def load_stage_reward_model(path: str):
     if not os.path.isdir(params_dir):
         raise CheckpointError(f"{params_dir}: missing (has the reward_model stage finished?)")
     config = stage_reward_model_config(path)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shapes = jax.eval_shape(functools.partial(dec.init_scalar_model, config=config),
                             jax.random.key(0))
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                            shapes)
+    if shardings is None:
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        shardings = jax.tree.map(lambda _: device, shapes)
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            shapes, shardings)
     try:
         params = checkpointing.load_params(params_dir, abstract)
     except (ValueError, KeyError, FileNotFoundError) as e:

@@ -89,6 +89,17 @@ def test_hf_sequence_classification_scores_like_transformers(arch, tmp_path):
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)  # padding never matters
 
 
+def test_hf_reward_model_in_bfloat16(tmp_path):
+    model = hf_reward_model("qwen2", tmp_path / "rm")
+    reward = rewards.build_reward(dict(kind="hf_model", path=str(tmp_path / "rm"),
+                                       dtype="bfloat16"))
+    assert {str(x.dtype) for x in jax.tree.leaves(reward.params["decoder"])} == {"bfloat16"}
+    tokens, mask = padded_batch("right")
+    theirs = hf_scores(model, tokens, mask)
+    ours = np.asarray(jax.jit(reward.score_fn)(reward.params, tokens, mask))
+    np.testing.assert_allclose(ours, theirs, atol=0.05 * np.abs(theirs).max(), rtol=0)
+
+
 def test_hf_reward_on_prompt_and_response_rows_with_a_trailing_pad_id_token(tmp_path):
     """RewardInputs rows are [left pad | prompt | response | right pad]; a response that ends in
     a token equal to pad_token_id (EOS = pad, common in Llama/Qwen2 RMs) is read one token
@@ -174,6 +185,12 @@ def test_own_reward_model_stage_scores_like_the_scalar_model(tmp_path):
     expected = np.asarray(score(params, config, rows, mask)).reshape(2, 2)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
     assert np.ptp(expected) > 1e-3
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("fsdp",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    _, placed = reward_models.load_stage_reward_model(
+        str(tmp_path / "run" / "reward_model" / "params"),
+        shardings=jax.tree.map(lambda _: replicated, params))
+    assert all(x.sharding == replicated for x in jax.tree.leaves(placed))
 
 
 def test_own_reward_model_errors_name_the_path(tmp_path):
