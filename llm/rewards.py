@@ -11,7 +11,8 @@ Kinds (`spec.kind`; a non-empty `spec.fn` selects "fn" whatever `kind` says, so
             (−|len − mode|, needs `mode`), "exact_match" (GSM8K style, see `llm.reward_text`),
             "regex" (1 if `pattern` is found in the completion), "format" (1 if the completion
             fullmatches `pattern`);
-  fn        `fn` = "package.module:function" in TRL's reward-function convention
+  fn        `fn` = "package.module:function" (or "path/to/file.py:function", run as a module)
+            in TRL's reward-function convention
             `score(prompts: list[str], completions: list[str], **kwargs) -> list[float]`,
             called once per batch on flat lists of P·N items (prompt p repeated N times,
             item p·N + n is completion n of prompt p) with kwargs `completion_ids` (list of
@@ -38,6 +39,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
+import os
 from collections.abc import Callable
 
 import ml_collections
@@ -147,15 +150,17 @@ def _rule_reward(rule: str, name: str, spec, tokenizer) -> Reward:
 
 
 def import_function(path: str, *, name: str = "reward") -> Callable:
-    """The callable at "package.module:function"; RewardError saying which part failed."""
-    module_name, sep, attr = path.partition(":")
+    """The callable at "package.module:function" (or "path/to/file.py:function"); RewardError
+    saying which part failed: the module, a module it imports, or the attribute."""
+    module_name, sep, attr = path.rpartition(":")
     if not sep or not module_name or not attr:
         raise RewardError(f"reward {name!r}: fn={path!r} is not of the form "
                           "'package.module:function'")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_module(module_name)
     except ModuleNotFoundError as e:
-        where = "" if e.name == module_name else f" (it imports {e.name!r}, which is missing)"
+        ours = e.name == module_name or module_name.startswith(f"{e.name}.")
+        where = "" if ours else f" (it imports {e.name!r}, which is missing)"
         raise RewardError(f"reward {name!r}: fn={path!r}: cannot import module "
                           f"{module_name!r}{where}: {e}") from e
     except Exception as e:
@@ -170,6 +175,18 @@ def import_function(path: str, *, name: str = "reward") -> Callable:
     if not callable(fn):
         raise RewardError(f"reward {name!r}: fn={path!r} is a {type(fn).__name__}, not callable")
     return fn
+
+
+def _import_module(module_name: str):
+    if not module_name.endswith(".py"):
+        return importlib.import_module(module_name)
+    if not os.path.isfile(module_name):
+        raise FileNotFoundError(f"no file {module_name}")
+    spec = importlib.util.spec_from_file_location(
+        "modeseek_user_" + os.path.basename(module_name)[:-3], module_name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _function_reward(path: str, name: str, tokenizer) -> Reward:

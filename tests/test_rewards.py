@@ -164,13 +164,18 @@ def test_user_function_by_import_path_in_trl_convention():
     assert call["level"] == [1, 1, 2, 2, 3, 3]
     assert call["completion_ids"][0] == TOK.encode(COMPLETIONS[0][0]) + [TOK.eos_id]
     assert reward.last_seconds > 0
+    by_file = rewards.build_reward(dict(fn=f"{reward_fns.__file__}:count_a"), tokenizer=TOK)
+    np.testing.assert_allclose(by_file(make_inputs(text=False)), np.float32(expected))
     column = rewards.build_reward(dict(kind="fn", fn="tests.reward_fns:answer_in_completion"))
     got = column(make_inputs(columns={"answer": ["42", "1234", "banana"]}))
     np.testing.assert_array_equal(got, [[1, 0], [0, 1], [1, 0]])
 
 
 @pytest.mark.parametrize("fn, message", [
-    ("tests.no_such_module:score", "cannot import module 'tests.no_such_module'"),
+    ("tests.no_such_module:score", "cannot import module 'tests.no_such_module': No module"),
+    ("no_such_pkg.rewards:score", "cannot import module 'no_such_pkg.rewards': No module"),
+    ("tests/no_such_file.py:score", "importing module 'tests/no_such_file.py' failed: "
+                                    "FileNotFoundError: no file tests/no_such_file.py"),
     ("tests.reward_fns_missing_dep:score", "imports 'modeseek_no_such_dependency', which is"),
     ("tests.reward_fns:no_such_fn", "has no attribute 'no_such_fn'"),
     ("tests.reward_fns:NOT_CALLABLE", "not callable"),
