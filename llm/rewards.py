@@ -111,8 +111,9 @@ def build_reward(spec, *, tokenizer=None) -> Reward:
 
 
 def build_rewards(proxy_spec, gold_specs: dict, *, tokenizer=None):
-    """(proxy Reward, {label: gold Reward}); a gold spec without `name` is named by its key."""
-    proxy = build_reward(proxy_spec, tokenizer=tokenizer)
+    """(proxy Reward, {label: gold Reward}); a gold spec without `name` is named by its key.
+    proxy_spec=None gives proxy None (e.g. the proxy is a reward-model stage of the run)."""
+    proxy = None if proxy_spec is None else build_reward(proxy_spec, tokenizer=tokenizer)
     golds = {}
     for label, spec in dict(gold_specs or {}).items():
         reward = build_reward(spec, tokenizer=tokenizer)
@@ -194,16 +195,16 @@ def _function_reward(path: str, name: str, tokenizer) -> Reward:
     fn = import_function(path, name=name)
 
     def compute(inputs, _):
-        N = len(inputs.completions[0]) if inputs.completions else 0
-        prompts = [p for p in inputs.prompts for _ in range(N)]
-        completions = [c for row in inputs.completions for c in row]
-        ids = [list(map(int, t[m])) for t, m in zip(
-            np.asarray(inputs.response_tokens).reshape(-1, np.shape(inputs.response_tokens)[-1]),
-            np.asarray(inputs.response_mask, bool).reshape(len(completions), -1))]
-        columns = {k: [v for v in values for _ in range(N)]
-                   for k, values in (inputs.columns or {}).items()}
-        scores = fn(prompts=prompts, completions=completions, completion_ids=ids, **columns)
-        if scores is None or any(s is None for s in scores):
+        P, N, Lr = np.shape(inputs.response_tokens)
+        tokens = np.asarray(inputs.response_tokens).reshape(P * N, Lr)
+        mask = np.asarray(inputs.response_mask, bool).reshape(P * N, Lr)
+        repeat = lambda values: [v for v in values for _ in range(N)]
+        scores = fn(prompts=repeat(inputs.prompts),
+                    completions=[c for row in inputs.completions for c in row],
+                    completion_ids=[t[m].tolist() for t, m in zip(tokens, mask)],
+                    **{k: repeat(v) for k, v in (inputs.columns or {}).items()})
+        if scores is None or (isinstance(scores, list | tuple)
+                              and any(s is None for s in scores)):
             raise RewardError(f"reward {name!r}: fn={path!r} returned None for some completions "
                               "(every completion needs a float)")
         return scores

@@ -243,6 +243,7 @@ def test_build_rewards_names_golds_by_their_keys(tmp_path):
     assert {k: g.name for k, g in golds.items()} == {"neg_length": "neg_length",
                                                     "mode8": "mode8", "named": "len"}
     np.testing.assert_array_equal(golds["mode8"](make_inputs()), -np.abs(plain_lengths() - 8))
+    assert rewards.build_rewards(None, {}) == (None, {})
 
 
 def test_missing_checkpoints_and_bad_reference_files_name_the_path(tmp_path):
