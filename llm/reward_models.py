@@ -103,6 +103,8 @@ def stage_reward_model_config(stage_dir: str) -> dec.DecoderConfig:
     if stage_cfg.get("kind") != "reward_model":
         raise CheckpointError(f"{stage_dir}: stage {stage!r} is a {stage_cfg.get('kind')!r} "
                               "stage, not a reward_model stage")
+    if not run.get("model"):
+        raise CheckpointError(f"{workdir}/config.json: no `model` (the run's base model)")
     base = models.load_base(run["model"])[0]
     return models.stage_model_config(base, ml_collections.ConfigDict(stage_cfg))
 
