@@ -177,8 +177,8 @@ def test_own_reward_model_stage_scores_like_the_scalar_model(tmp_path):
     response_tokens = rng.integers(0, 256, (2, 2, 5)).astype(np.int32)
     response_mask = np.ones((2, 2, 5), bool)
     response_mask[1, 0, 3:] = False
-    got = reward(rewards.RewardInputs(prompt_tokens, prompt_mask, response_tokens,
-                                      response_mask))
+    inputs = rewards.RewardInputs(prompt_tokens, prompt_mask, response_tokens, response_mask)
+    got = reward(inputs)
     rows = np.concatenate([np.repeat(prompt_tokens, 2, 0), response_tokens.reshape(4, 5)], 1)
     mask = np.concatenate([np.repeat(prompt_mask, 2, 0), response_mask.reshape(4, 5)], 1)
     score = jax.jit(dec.score, static_argnums=1)  # what the reward_model stage trained
@@ -191,6 +191,7 @@ def test_own_reward_model_stage_scores_like_the_scalar_model(tmp_path):
         str(tmp_path / "run" / "reward_model" / "params"),
         shardings=jax.tree.map(lambda _: replicated, params))
     assert all(x.sharding == replicated for x in jax.tree.leaves(placed))
+    np.testing.assert_allclose(reward(inputs, params=placed), got, atol=1e-6, rtol=0)
 
 
 def test_own_reward_model_errors_name_the_path(tmp_path):
