@@ -299,3 +299,50 @@ def params_to_hf(params: dict[str, Any], config: DecoderConfig,
                 stacked = np.stack([x.reshape(H, K, *x.shape[1:]) for x in parts], axis=1)
                 out[p + kind] = stacked.reshape(3 * H * K, *parts[0].shape[1:])
     return out
+
+
+# ----------------------------------------------------------------------------- reward models
+# `*ForSequenceClassification`: the causal model's trunk under the same tensor names (no
+# lm_head) plus `score.weight` [num_labels, hidden] without bias, read at one pooled position.
+SEQUENCE_CLASSIFICATION = {"LlamaForSequenceClassification": "llama",
+                           "MistralForSequenceClassification": "mistral",
+                           "Qwen2ForSequenceClassification": "qwen2",
+                           "GPTNeoXForSequenceClassification": "gpt_neox"}
+
+
+def sequence_classification_architecture(hf: dict[str, Any]) -> str:
+    """"llama" | "mistral" | "qwen2" | "gpt_neox" for a `*ForSequenceClassification` config."""
+    for name in hf.get("architectures") or []:
+        if name in SEQUENCE_CLASSIFICATION:
+            return SEQUENCE_CLASSIFICATION[name]
+    raise CheckpointError(f"config.json architectures={hf.get('architectures')} is not a "
+                          "supported sequence-classification reward model; supported: "
+                          f"{sorted(SEQUENCE_CLASSIFICATION)}")
+
+
+def reward_model_from_hf(hf: dict[str, Any], tensors: dict[str, np.ndarray], *,
+                         source: str = "checkpoint", dtype: str = "float32",
+                         param_dtype: str = "float32"):
+    """(DecoderConfig, {"decoder", "head"} scalar-model params) of a HF reward model.
+
+    The head is `score.weight[0]` as kernel [D] with bias 0 (transformers' score layer has no
+    bias); exactly one label is required. The returned config has tied_embeddings=True: the
+    classifier has no lm_head, and only the hidden states (never the logits) are used, so the
+    embedding table stands in for it (under jit the unused logits are not computed)."""
+    arch = sequence_classification_architecture(hf)
+    causal = dict(hf, architectures=[_CLASS[arch]])
+    config = config_from_hf(causal, dtype=dtype, param_dtype=param_dtype)
+    config = config.replace(tied_embeddings=True)
+    tensors = dict(tensors)
+    if "score.bias" in tensors:
+        raise CheckpointError(f"{source}: unexpected tensor score.bias (transformers' "
+                              "sequence-classification head has no bias)")
+    weight = tensors.pop("score.weight", None)
+    if weight is None:
+        raise CheckpointError(f"{source}: missing tensor score.weight (the reward head)")
+    if tuple(weight.shape) != (1, config.embed_dim):
+        raise CheckpointError(f"{source}: tensor score.weight has shape {tuple(weight.shape)}, "
+                              f"expected (1, {config.embed_dim}): a reward model has one label")
+    decoder = params_from_hf(tensors, config, arch, source=source)
+    head = {"kernel": np.asarray(weight[0], np.float32), "bias": np.zeros((), np.float32)}
+    return config, {"decoder": decoder, "head": head}
