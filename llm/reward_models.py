@@ -10,12 +10,12 @@
         a Hugging Face `{Llama,Mistral,Qwen2,GPTNeoX}ForSequenceClassification` folder
         (config.json + safetensors; pickle files are refused), read with `llm.safetensors_io`.
     make_score_fn(config, *, pad_id=None) -> score_fn(params, tokens [B, S], mask [B, S]) -> [B]
-    hf_pool_index(tokens [B, S], mask [B, S], pad_id) -> [B]
     build_model_reward(kind, path, *, name, tokenizer=None, retokenize=False, dtype="float32")
         -> Reward (kind "model" | "hf_model"), scoring concat(prompt, response) rows
 
-Pooling as transformers 5.24 does (`GenericForSequenceClassification.forward`): the score is
-read at the rightmost position whose token is not `pad_token_id`,
+Pooling as transformers 5.24 does (`GenericForSequenceClassification.forward`; here
+`modeseek.rewards.pool_at_last_token`): the score is read at the rightmost position whose token
+is not `pad_token_id`,
     i = argmax_t (t · 1[token_t ≠ pad])      (0 when every token is pad),
 which serves left and right padding alike. Here a slot must also have mask 1, so masked slots
 count as pad whatever id they hold; on input whose padding holds `pad_token_id` this is
@@ -35,7 +35,6 @@ import functools
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -45,16 +44,8 @@ from llm.reward_types import Reward, RewardError, RewardInputs
 from llm.safetensors_io import CheckpointError, read_checkpoint_dir
 from llm.tokenizer import load_tokenizer
 from modeseek import decoder as dec
+from modeseek import rewards as rule_rewards
 from modeseek.sampler import pad_prompts
-
-
-def hf_pool_index(tokens_BxS: jax.Array, mask_BxS: jax.Array, pad_id: int | None) -> jax.Array:
-    """Rightmost slot with mask 1 and token ≠ pad_id (transformers' pooled position)."""
-    valid_BxS = mask_BxS.astype(bool)
-    if pad_id is not None:
-        valid_BxS &= tokens_BxS != pad_id
-    slots = jnp.arange(tokens_BxS.shape[1], dtype=jnp.int32)
-    return jnp.argmax(slots * valid_BxS.astype(jnp.int32), axis=1)
 
 
 def make_score_fn(config: dec.DecoderConfig, *, pad_id: int | None = None):
@@ -73,8 +64,7 @@ def _own_score(params, tokens_BxS, mask_BxS, *, config):
 
 def _hf_score(params, tokens_BxS, mask_BxS, *, config, pad_id):
     values_BxS = dec.token_values(params, config, tokens_BxS, mask_BxS)
-    index_B = hf_pool_index(tokens_BxS, mask_BxS, pad_id)
-    return jnp.take_along_axis(values_BxS, index_B[:, None], axis=1)[:, 0]
+    return rule_rewards.pool_at_last_token(values_BxS, mask_BxS, tokens_BxS, pad_id)
 
 
 def load_hf_reward_model(path: str, *, dtype: str = "float32", param_dtype: str = "float32"):

@@ -75,6 +75,23 @@ def test_length_rewards_any_leading_shape_match_numpy_and_vmap_over_mode():
         np.testing.assert_array_equal(swept[i], -np.abs(lengths - mode))
 
 
+def test_pooling_index_hand_computed_and_brute_force():
+    mask = jnp.array([[0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0], [1, 1, 1, 1]], bool)
+    tokens = jnp.array([[9, 5, 6, 9], [5, 6, 7, 0], [1, 2, 3, 4], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(jax.jit(modeseek.pooling_index)(mask), [2, 3, 0, 3])
+    pooled = jax.jit(modeseek.pooling_index, static_argnums=2)(mask, tokens, 0)
+    np.testing.assert_array_equal(pooled, [2, 2, 0, 0])  # a trailing pad id is skipped
+    values = jnp.arange(16.0).reshape(4, 4)
+    np.testing.assert_array_equal(modeseek.pool_at_last_token(values, mask, tokens, 0),
+                                  [2.0, 6.0, 8.0, 12.0])
+    rng = np.random.default_rng(5)
+    mask, tokens = rng.random((50, 9)) < 0.5, rng.integers(0, 3, (50, 9))
+    for pad_id in (None, 0):
+        valid = mask & (tokens != pad_id) if pad_id is not None else mask
+        expected = [max([t for t in range(9) if row[t]], default=0) for row in valid]
+        np.testing.assert_array_equal(modeseek.pooling_index(mask, tokens, pad_id), expected)
+
+
 # ----------------------------------------------------------------------------- rules
 
 

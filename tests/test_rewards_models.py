@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="parity tests need torch: pip install -e '.[parity]'")
 transformers = pytest.importorskip("transformers", reason="parity tests need transformers")
 
+import modeseek  # noqa: E402
 from configs import llm as llm_configs  # noqa: E402
 from llm import checkpointing, reward_models, rewards  # noqa: E402
 from llm.byte_tokenizer import VOCAB_SIZE  # noqa: E402
@@ -122,7 +123,7 @@ def test_hf_reward_on_prompt_and_response_rows_with_a_trailing_pad_id_token(tmp_
     expected = hf_scores(model, np.where(mask, rows, PAD), mask.astype(np.int32),
                          positions=True).reshape(2, 3)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
-    index = np.asarray(reward_models.hf_pool_index(np.where(mask, rows, PAD), mask, PAD))
+    index = np.asarray(modeseek.pooling_index(mask, np.where(mask, rows, PAD), PAD))
     np.testing.assert_array_equal(index, [9, 8, 10, 10, 10, 6])
     assert got.shape == (2, 3) and got.dtype == np.float32 and reward.last_seconds > 0
 
