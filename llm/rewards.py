@@ -203,8 +203,10 @@ def _function_reward(path: str, name: str, tokenizer) -> Reward:
                     completions=[c for row in inputs.completions for c in row],
                     completion_ids=[t[m].tolist() for t, m in zip(tokens, mask)],
                     **{k: repeat(v) for k, v in (inputs.columns or {}).items()})
-        if scores is None or (isinstance(scores, list | tuple)
-                              and any(s is None for s in scores)):
+        if scores is None:
+            raise RewardError(f"reward {name!r}: fn={path!r} returned None, not a list of floats")
+        scores = scores if isinstance(scores, np.ndarray) else list(scores)
+        if any(s is None for s in scores):
             raise RewardError(f"reward {name!r}: fn={path!r} returned None for some completions "
                               "(every completion needs a float)")
         return scores

@@ -183,6 +183,8 @@ def test_user_function_by_import_path_in_trl_convention():
     assert reward.last_seconds > 0
     by_file = rewards.build_reward(dict(fn=f"{reward_fns.__file__}:count_a"), tokenizer=TOK)
     np.testing.assert_allclose(by_file(make_inputs(text=False)), np.float32(expected))
+    lazy = rewards.build_reward(dict(fn="tests.reward_fns:lazy_lengths"))
+    np.testing.assert_array_equal(lazy(make_inputs()), [[len(c) for c in r] for r in COMPLETIONS])
     column = rewards.build_reward(dict(kind="fn", fn="tests.reward_fns:answer_in_completion"))
     got = column(make_inputs(columns={"answer": ["42", "1234", "banana"]}))
     np.testing.assert_array_equal(got, [[1, 0], [0, 1], [1, 0]])
