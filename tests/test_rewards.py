@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import reward_fns
 
 import modeseek
 from llm import rewards
 from llm.byte_tokenizer import ByteTokenizer
 from llm.safetensors_io import CheckpointError
-from tests import reward_fns
 
 TOK = ByteTokenizer()
 PROMPTS = ["Q: 6*7?", "What is 1000+234? ", "hi"]
@@ -167,7 +167,7 @@ def test_decoded_inputs_equal_the_texts():
 
 def test_user_function_by_import_path_in_trl_convention():
     reward_fns.CALLS.clear()
-    reward = rewards.build_reward(dict(kind="rule", fn="tests.reward_fns:count_a"),
+    reward = rewards.build_reward(dict(kind="rule", fn="reward_fns:count_a"),
                                   tokenizer=TOK)
     assert (reward.kind, reward.name, reward.needs_text) == ("fn", "count_a", True)
     got = reward(make_inputs(text=False, columns={"level": [1, 2, 3]}))
@@ -183,22 +183,22 @@ def test_user_function_by_import_path_in_trl_convention():
     assert reward.last_seconds > 0
     by_file = rewards.build_reward(dict(fn=f"{reward_fns.__file__}:count_a"), tokenizer=TOK)
     np.testing.assert_allclose(by_file(make_inputs(text=False)), np.float32(expected))
-    lazy = rewards.build_reward(dict(fn="tests.reward_fns:lazy_lengths"))
+    lazy = rewards.build_reward(dict(fn="reward_fns:lazy_lengths"))
     np.testing.assert_array_equal(lazy(make_inputs()), [[len(c) for c in r] for r in COMPLETIONS])
-    column = rewards.build_reward(dict(kind="fn", fn="tests.reward_fns:answer_in_completion"))
+    column = rewards.build_reward(dict(kind="fn", fn="reward_fns:answer_in_completion"))
     got = column(make_inputs(columns={"answer": ["42", "1234", "banana"]}))
     np.testing.assert_array_equal(got, [[1, 0], [0, 1], [1, 0]])
 
 
 @pytest.mark.parametrize("fn, message", [
-    ("tests.no_such_module:score", "cannot import module 'tests.no_such_module': No module"),
+    ("reward_fns_nowhere:score", "cannot import module 'reward_fns_nowhere': No module"),
     ("no_such_pkg.rewards:score", "cannot import module 'no_such_pkg.rewards': No module"),
     ("tests/no_such_file.py:score", "importing module 'tests/no_such_file.py' failed: "
                                     "FileNotFoundError: no file tests/no_such_file.py"),
-    ("tests.reward_fns_missing_dep:score", "imports 'modeseek_no_such_dependency', which is"),
-    ("tests.reward_fns:no_such_fn", "has no attribute 'no_such_fn'"),
-    ("tests.reward_fns:NOT_CALLABLE", "not callable"),
-    ("tests.reward_fns.count_a", "not of the form 'package.module:function'"),
+    ("reward_fns_missing_dep:score", "imports 'modeseek_no_such_dependency', which is"),
+    ("reward_fns:no_such_fn", "has no attribute 'no_such_fn'"),
+    ("reward_fns:NOT_CALLABLE", "not callable"),
+    ("reward_fns.count_a", "not of the form 'package.module:function'"),
 ])
 def test_import_errors_name_the_path_and_the_cause(fn, message):
     with pytest.raises(rewards.RewardError, match=re.escape(message)) as info:
@@ -213,7 +213,7 @@ def test_import_errors_name_the_path_and_the_cause(fn, message):
     ("raises", "raised RuntimeError: the verifier crashed"),
 ])
 def test_bad_function_results_raise_reward_error_naming_the_reward(fn, message):
-    reward = rewards.build_reward(dict(kind="fn", fn=f"tests.reward_fns:{fn}", name="judge"))
+    reward = rewards.build_reward(dict(kind="fn", fn=f"reward_fns:{fn}", name="judge"))
     with pytest.raises(rewards.RewardError, match=re.escape(message)) as info:
         reward(make_inputs())
     assert "reward 'judge'" in str(info.value)
@@ -225,7 +225,7 @@ def test_bad_function_results_raise_reward_error_naming_the_reward(fn, message):
 def test_config_fields_overrides_and_unknown_names():
     cfg = rewards.reward_config("rule", rule="neg_length")
     cfg.lock()
-    cfg.fn = "tests.reward_fns:count_a"  # what --config.reward.fn=... does
+    cfg.fn = "reward_fns:count_a"  # what --config.reward.fn=... does
     assert rewards.build_reward(cfg).kind == "fn"
     with pytest.raises(AttributeError):
         cfg.functon = "x"
@@ -257,7 +257,7 @@ def test_build_rewards_names_golds_by_their_keys(tmp_path):
     golds.lock()
     golds.mode8.mode = 7.5  # a command-line override
     golds.mode8.mode = 8
-    proxy, golds = rewards.build_rewards(dict(kind="fn", fn="tests.reward_fns:count_a"), golds)
+    proxy, golds = rewards.build_rewards(dict(kind="fn", fn="reward_fns:count_a"), golds)
     assert proxy.name == "count_a"
     assert {k: g.name for k, g in golds.items()} == {"neg_length": "neg_length",
                                                     "mode8": "mode8", "named": "len"}
