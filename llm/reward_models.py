@@ -1,6 +1,6 @@
 """Reward-model checkpoints as scalar models `{"decoder", "head"}` with a jit-able score.
 
-    load_stage_reward_model(path, *, shardings=None) -> (DecoderConfig, params)
+    load_stage_reward_model(path, *, shardings=None, dtype=None) -> (DecoderConfig, params)
         the project's own Bradley–Terry model: a run folder's reward_model stage output
         (`<workdir>/<stage>/params`, orbax, written by `checkpointing.save_params` at the end of
         the stage); its DecoderConfig is rebuilt from `<workdir>/config.json` (the run's model
@@ -99,9 +99,10 @@ def stage_reward_model_config(stage_dir: str) -> dec.DecoderConfig:
     return models.stage_model_config(base, ml_collections.ConfigDict(stage_cfg))
 
 
-def load_stage_reward_model(path: str, *, shardings=None):
+def load_stage_reward_model(path: str, *, shardings=None, dtype: str | None = None):
     """(DecoderConfig, params {"decoder", "head"}) of `<workdir>/<stage>` (or its params/),
-    restored into `shardings` (a tree like the params; default: the first local device)."""
+    restored into `shardings` (a tree like the params; default: the first local device), the
+    decoder's parameters and activations cast to `dtype` when given (the head stays float32)."""
     path = os.path.abspath(path)
     if os.path.basename(path) == "params":
         path = os.path.dirname(path)
@@ -109,6 +110,8 @@ def load_stage_reward_model(path: str, *, shardings=None):
     if not os.path.isdir(params_dir):
         raise CheckpointError(f"{params_dir}: missing (has the reward_model stage finished?)")
     config = stage_reward_model_config(path)
+    if dtype is not None:
+        config = config.replace(dtype=dtype, param_dtype=dtype)
     shapes = jax.eval_shape(functools.partial(dec.init_scalar_model, config=config),
                             jax.random.key(0))
     if shardings is None:
@@ -138,10 +141,10 @@ def build_model_reward(kind: str, path: str, *, name: str, tokenizer=None,
     decoded text (tokenizer.json of the folder), right-padded to a bucketed length. When the
     folder has a tokenizer and a policy `tokenizer` is given, building without retokenize
     checks that both encode a probe text alike (and that the policy's ids fit the vocabulary).
-    `dtype` (hf_model): parameters and activations, e.g. "bfloat16" on accelerators."""
+    `dtype`: the decoder's parameters and activations, e.g. "bfloat16" on accelerators."""
     name = name or os.path.basename(os.path.normpath(path))
     if kind == "model":
-        config, params = load_stage_reward_model(path)
+        config, params = load_stage_reward_model(path, dtype=dtype)
         score_fn, pad_id = make_score_fn(config), None
     else:
         config, params, pad_id = load_hf_reward_model(path, dtype=dtype, param_dtype=dtype)

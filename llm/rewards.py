@@ -19,7 +19,7 @@ Kinds (`spec.kind`; a non-empty `spec.fn` selects "fn" whatever `kind` says, so
             token-id lists) and every per-prompt column of `RewardInputs.columns` (repeated N
             times, e.g. `answer`), as TRL passes dataset columns; host-side Python;
   model     `path`: the project's own Bradley–Terry reward model, `<workdir>/<stage>` of a run's
-            reward_model stage (`llm.reward_models`);
+            reward_model stage (`llm.reward_models`); `dtype` of its decoder ("float32");
   hf_model  `path`: a Hugging Face `*ForSequenceClassification` folder (Llama, Mistral, Qwen2,
             GPT-NeoX), pooled at the last non-pad token as transformers does; `dtype` of its
             parameters and activations; `retokenize=True` when its tokenizer is not the

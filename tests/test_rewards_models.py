@@ -193,6 +193,10 @@ def test_own_reward_model_stage_scores_like_the_scalar_model(tmp_path):
         shardings=jax.tree.map(lambda _: replicated, params))
     assert all(x.sharding == replicated for x in jax.tree.leaves(placed))
     np.testing.assert_allclose(reward(inputs, params=placed), got, atol=1e-6, rtol=0)
+    half = rewards.build_reward(dict(kind="model", path=str(tmp_path / "run" / "reward_model"),
+                                     dtype="bfloat16"))
+    assert half.params["decoder"]["embedding"].dtype == "bfloat16"
+    np.testing.assert_allclose(half(inputs), got, atol=0.05 * np.abs(got).max(), rtol=0)
 
 
 def test_own_reward_model_errors_name_the_path(tmp_path):
