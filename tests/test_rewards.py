@@ -119,6 +119,16 @@ def plain_gsm8k(completion, reference):
     return float(got is not None and float(got) == float(want))
 
 
+def test_gsm8k_answer_extraction_hand_cases():
+    from llm.reward_text import answers_match, extract_answer
+
+    cases = {"so #### $1,000.": "1000", "#### -3 then #### 4": "-3", "####42": "42",
+             "the answer is 42": None, "#### none": None, "#### 0.50\n": "0.50"}
+    assert {text: extract_answer(text) for text in cases} == cases
+    assert answers_match("0.50", "0.5") and answers_match("7", "7.0")
+    assert not answers_match("7", "8") and not answers_match(None, "7")
+
+
 def test_exact_match_equals_plain_python_for_every_reference_source(tmp_path):
     answers = ["42", "Roughly... #### 1234", "5"]
     expected = np.array([[plain_gsm8k(c, a) for c in row] for row, a in zip(COMPLETIONS, answers)])
