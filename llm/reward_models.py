@@ -1,6 +1,6 @@
 """Reward-model checkpoints as scalar models `{"decoder", "head"}` with a jit-able score.
 
-    load_stage_reward_model(path, *, shardings=None) -> (DecoderConfig, params)
+    load_stage_reward_model(path, *, shardings=None, dtype=None) -> (DecoderConfig, params)
         the project's own Bradley–Terry model: a run folder's reward_model stage output
         (`<workdir>/<stage>/params`, orbax, written by `checkpointing.save_params` at the end of
         the stage); its DecoderConfig is rebuilt from `<workdir>/config.json` (the run's model
@@ -10,12 +10,12 @@
         a Hugging Face `{Llama,Mistral,Qwen2,GPTNeoX}ForSequenceClassification` folder
         (config.json + safetensors; pickle files are refused), read with `llm.safetensors_io`.
     make_score_fn(config, *, pad_id=None) -> score_fn(params, tokens [B, S], mask [B, S]) -> [B]
-    hf_pool_index(tokens [B, S], mask [B, S], pad_id) -> [B]
     build_model_reward(kind, path, *, name, tokenizer=None, retokenize=False, dtype="float32")
         -> Reward (kind "model" | "hf_model"), scoring concat(prompt, response) rows
 
-Pooling as transformers 5.24 does (`GenericForSequenceClassification.forward`): the score is
-read at the rightmost position whose token is not `pad_token_id`,
+Pooling as transformers 5.24 does (`GenericForSequenceClassification.forward`; here
+`modeseek.rewards.pool_at_last_token`): the score is read at the rightmost position whose token
+is not `pad_token_id`,
     i = argmax_t (t · 1[token_t ≠ pad])      (0 when every token is pad),
 which serves left and right padding alike. Here a slot must also have mask 1, so masked slots
 count as pad whatever id they hold; on input whose padding holds `pad_token_id` this is
@@ -35,7 +35,6 @@ import functools
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -45,16 +44,8 @@ from llm.reward_types import Reward, RewardError, RewardInputs
 from llm.safetensors_io import CheckpointError, read_checkpoint_dir
 from llm.tokenizer import load_tokenizer
 from modeseek import decoder as dec
+from modeseek import rewards as rule_rewards
 from modeseek.sampler import pad_prompts
-
-
-def hf_pool_index(tokens_BxS: jax.Array, mask_BxS: jax.Array, pad_id: int | None) -> jax.Array:
-    """Rightmost slot with mask 1 and token ≠ pad_id (transformers' pooled position)."""
-    valid_BxS = mask_BxS.astype(bool)
-    if pad_id is not None:
-        valid_BxS &= tokens_BxS != pad_id
-    slots = jnp.arange(tokens_BxS.shape[1], dtype=jnp.int32)
-    return jnp.argmax(slots * valid_BxS.astype(jnp.int32), axis=1)
 
 
 def make_score_fn(config: dec.DecoderConfig, *, pad_id: int | None = None):
@@ -73,8 +64,7 @@ def _own_score(params, tokens_BxS, mask_BxS, *, config):
 
 def _hf_score(params, tokens_BxS, mask_BxS, *, config, pad_id):
     values_BxS = dec.token_values(params, config, tokens_BxS, mask_BxS)
-    index_B = hf_pool_index(tokens_BxS, mask_BxS, pad_id)
-    return jnp.take_along_axis(values_BxS, index_B[:, None], axis=1)[:, 0]
+    return rule_rewards.pool_at_last_token(values_BxS, mask_BxS, tokens_BxS, pad_id)
 
 
 def load_hf_reward_model(path: str, *, dtype: str = "float32", param_dtype: str = "float32"):
@@ -109,9 +99,10 @@ def stage_reward_model_config(stage_dir: str) -> dec.DecoderConfig:
     return models.stage_model_config(base, ml_collections.ConfigDict(stage_cfg))
 
 
-def load_stage_reward_model(path: str, *, shardings=None):
+def load_stage_reward_model(path: str, *, shardings=None, dtype: str | None = None):
     """(DecoderConfig, params {"decoder", "head"}) of `<workdir>/<stage>` (or its params/),
-    restored into `shardings` (a tree like the params; default: the first local device)."""
+    restored into `shardings` (a tree like the params; default: the first local device), the
+    decoder's parameters and activations cast to `dtype` when given (the head stays float32)."""
     path = os.path.abspath(path)
     if os.path.basename(path) == "params":
         path = os.path.dirname(path)
@@ -119,6 +110,8 @@ def load_stage_reward_model(path: str, *, shardings=None):
     if not os.path.isdir(params_dir):
         raise CheckpointError(f"{params_dir}: missing (has the reward_model stage finished?)")
     config = stage_reward_model_config(path)
+    if dtype is not None:
+        config = config.replace(dtype=dtype, param_dtype=dtype)
     shapes = jax.eval_shape(functools.partial(dec.init_scalar_model, config=config),
                             jax.random.key(0))
     if shardings is None:
@@ -148,10 +141,10 @@ def build_model_reward(kind: str, path: str, *, name: str, tokenizer=None,
     decoded text (tokenizer.json of the folder), right-padded to a bucketed length. When the
     folder has a tokenizer and a policy `tokenizer` is given, building without retokenize
     checks that both encode a probe text alike (and that the policy's ids fit the vocabulary).
-    `dtype` (hf_model): parameters and activations, e.g. "bfloat16" on accelerators."""
+    `dtype`: the decoder's parameters and activations, e.g. "bfloat16" on accelerators."""
     name = name or os.path.basename(os.path.normpath(path))
     if kind == "model":
-        config, params = load_stage_reward_model(path)
+        config, params = load_stage_reward_model(path, dtype=dtype)
         score_fn, pad_id = make_score_fn(config), None
     else:
         config, params, pad_id = load_hf_reward_model(path, dtype=dtype, param_dtype=dtype)

@@ -19,7 +19,7 @@ Kinds (`spec.kind`; a non-empty `spec.fn` selects "fn" whatever `kind` says, so
             token-id lists) and every per-prompt column of `RewardInputs.columns` (repeated N
             times, e.g. `answer`), as TRL passes dataset columns; host-side Python;
   model     `path`: the project's own Bradley–Terry reward model, `<workdir>/<stage>` of a run's
-            reward_model stage (`llm.reward_models`);
+            reward_model stage (`llm.reward_models`); `dtype` of its decoder ("float32");
   hf_model  `path`: a Hugging Face `*ForSequenceClassification` folder (Llama, Mistral, Qwen2,
             GPT-NeoX), pooled at the last non-pad token as transformers does; `dtype` of its
             parameters and activations; `retokenize=True` when its tokenizer is not the
@@ -203,8 +203,10 @@ def _function_reward(path: str, name: str, tokenizer) -> Reward:
                     completions=[c for row in inputs.completions for c in row],
                     completion_ids=[t[m].tolist() for t, m in zip(tokens, mask)],
                     **{k: repeat(v) for k, v in (inputs.columns or {}).items()})
-        if scores is None or (isinstance(scores, list | tuple)
-                              and any(s is None for s in scores)):
+        if scores is None:
+            raise RewardError(f"reward {name!r}: fn={path!r} returned None, not a list of floats")
+        scores = scores if isinstance(scores, np.ndarray) else list(scores)
+        if any(s is None for s in scores):
             raise RewardError(f"reward {name!r}: fn={path!r} returned None for some completions "
                               "(every completion needs a float)")
         return scores

@@ -65,7 +65,13 @@ from modeseek.policy_gradient import (
     ppo_clip_loss,
     reinforce_loss,
 )
-from modeseek.rewards import negative_length, negative_length_distance, response_length
+from modeseek.rewards import (
+    negative_length,
+    negative_length_distance,
+    pool_at_last_token,
+    pooling_index,
+    response_length,
+)
 from modeseek.sampler import SampleOutput, bucket_length, pad_prompts, sample
 from modeseek.taxonomy import ALGORITHMS, DEFAULT_HPARAMS, Algorithm, get_algorithm
 from modeseek.train import (

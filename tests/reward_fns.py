@@ -3,6 +3,8 @@
 
 import math
 
+import numpy as np
+
 CALLS = []
 NOT_CALLABLE = 3.0
 
@@ -16,6 +18,11 @@ def count_a(prompts, completions, **kwargs):
 def answer_in_completion(prompts, completions, answer, **kwargs):
     """1.0 when the dataset column `answer` appears in the completion (TRL passes columns)."""
     return [float(a in c) for c, a in zip(completions, answer)]
+
+
+def lazy_lengths(prompts, completions, **kwargs):
+    """A generator of numpy scalars is fine too."""
+    return (np.float64(len(c)) for c in completions)
 
 
 def one_short(prompts, completions, **kwargs):

@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import reward_fns
 
 import modeseek
 from llm import rewards
 from llm.byte_tokenizer import ByteTokenizer
 from llm.safetensors_io import CheckpointError
-from tests import reward_fns
 
 TOK = ByteTokenizer()
 PROMPTS = ["Q: 6*7?", "What is 1000+234? ", "hi"]
@@ -75,6 +75,23 @@ def test_length_rewards_any_leading_shape_match_numpy_and_vmap_over_mode():
         np.testing.assert_array_equal(swept[i], -np.abs(lengths - mode))
 
 
+def test_pooling_index_hand_computed_and_brute_force():
+    mask = jnp.array([[0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0], [1, 1, 1, 1]], bool)
+    tokens = jnp.array([[9, 5, 6, 9], [5, 6, 7, 0], [1, 2, 3, 4], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(jax.jit(modeseek.pooling_index)(mask), [2, 3, 0, 3])
+    pooled = jax.jit(modeseek.pooling_index, static_argnums=2)(mask, tokens, 0)
+    np.testing.assert_array_equal(pooled, [2, 2, 0, 0])  # a trailing pad id is skipped
+    values = jnp.arange(16.0).reshape(4, 4)
+    np.testing.assert_array_equal(modeseek.pool_at_last_token(values, mask, tokens, 0),
+                                  [2.0, 6.0, 8.0, 12.0])
+    rng = np.random.default_rng(5)
+    mask, tokens = rng.random((50, 9)) < 0.5, rng.integers(0, 3, (50, 9))
+    for pad_id in (None, 0):
+        valid = mask & (tokens != pad_id) if pad_id is not None else mask
+        expected = [max([t for t in range(9) if row[t]], default=0) for row in valid]
+        np.testing.assert_array_equal(modeseek.pooling_index(mask, tokens, pad_id), expected)
+
+
 # ----------------------------------------------------------------------------- rules
 
 
@@ -100,6 +117,16 @@ def plain_gsm8k(completion, reference):
 
     got, want = extract(completion), extract(reference) if "####" in reference else reference
     return float(got is not None and float(got) == float(want))
+
+
+def test_gsm8k_answer_extraction_hand_cases():
+    from llm.reward_text import answers_match, extract_answer
+
+    cases = {"so #### $1,000.": "1000", "#### -3 then #### 4": "-3", "####42": "42",
+             "the answer is 42": None, "#### none": None, "#### 0.50\n": "0.50"}
+    assert {text: extract_answer(text) for text in cases} == cases
+    assert answers_match("0.50", "0.5") and answers_match("7", "7.0")
+    assert not answers_match("7", "8") and not answers_match(None, "7")
 
 
 def test_exact_match_equals_plain_python_for_every_reference_source(tmp_path):
@@ -150,7 +177,7 @@ def test_decoded_inputs_equal_the_texts():
 
 def test_user_function_by_import_path_in_trl_convention():
     reward_fns.CALLS.clear()
-    reward = rewards.build_reward(dict(kind="rule", fn="tests.reward_fns:count_a"),
+    reward = rewards.build_reward(dict(kind="rule", fn="reward_fns:count_a"),
                                   tokenizer=TOK)
     assert (reward.kind, reward.name, reward.needs_text) == ("fn", "count_a", True)
     got = reward(make_inputs(text=False, columns={"level": [1, 2, 3]}))
@@ -166,20 +193,22 @@ def test_user_function_by_import_path_in_trl_convention():
     assert reward.last_seconds > 0
     by_file = rewards.build_reward(dict(fn=f"{reward_fns.__file__}:count_a"), tokenizer=TOK)
     np.testing.assert_allclose(by_file(make_inputs(text=False)), np.float32(expected))
-    column = rewards.build_reward(dict(kind="fn", fn="tests.reward_fns:answer_in_completion"))
+    lazy = rewards.build_reward(dict(fn="reward_fns:lazy_lengths"))
+    np.testing.assert_array_equal(lazy(make_inputs()), [[len(c) for c in r] for r in COMPLETIONS])
+    column = rewards.build_reward(dict(kind="fn", fn="reward_fns:answer_in_completion"))
     got = column(make_inputs(columns={"answer": ["42", "1234", "banana"]}))
     np.testing.assert_array_equal(got, [[1, 0], [0, 1], [1, 0]])
 
 
 @pytest.mark.parametrize("fn, message", [
-    ("tests.no_such_module:score", "cannot import module 'tests.no_such_module': No module"),
+    ("reward_fns_nowhere:score", "cannot import module 'reward_fns_nowhere': No module"),
     ("no_such_pkg.rewards:score", "cannot import module 'no_such_pkg.rewards': No module"),
     ("tests/no_such_file.py:score", "importing module 'tests/no_such_file.py' failed: "
                                     "FileNotFoundError: no file tests/no_such_file.py"),
-    ("tests.reward_fns_missing_dep:score", "imports 'modeseek_no_such_dependency', which is"),
-    ("tests.reward_fns:no_such_fn", "has no attribute 'no_such_fn'"),
-    ("tests.reward_fns:NOT_CALLABLE", "not callable"),
-    ("tests.reward_fns.count_a", "not of the form 'package.module:function'"),
+    ("reward_fns_missing_dep:score", "imports 'modeseek_no_such_dependency', which is"),
+    ("reward_fns:no_such_fn", "has no attribute 'no_such_fn'"),
+    ("reward_fns:NOT_CALLABLE", "not callable"),
+    ("reward_fns.count_a", "not of the form 'package.module:function'"),
 ])
 def test_import_errors_name_the_path_and_the_cause(fn, message):
     with pytest.raises(rewards.RewardError, match=re.escape(message)) as info:
@@ -194,7 +223,7 @@ def test_import_errors_name_the_path_and_the_cause(fn, message):
     ("raises", "raised RuntimeError: the verifier crashed"),
 ])
 def test_bad_function_results_raise_reward_error_naming_the_reward(fn, message):
-    reward = rewards.build_reward(dict(kind="fn", fn=f"tests.reward_fns:{fn}", name="judge"))
+    reward = rewards.build_reward(dict(kind="fn", fn=f"reward_fns:{fn}", name="judge"))
     with pytest.raises(rewards.RewardError, match=re.escape(message)) as info:
         reward(make_inputs())
     assert "reward 'judge'" in str(info.value)
@@ -206,7 +235,7 @@ def test_bad_function_results_raise_reward_error_naming_the_reward(fn, message):
 def test_config_fields_overrides_and_unknown_names():
     cfg = rewards.reward_config("rule", rule="neg_length")
     cfg.lock()
-    cfg.fn = "tests.reward_fns:count_a"  # what --config.reward.fn=... does
+    cfg.fn = "reward_fns:count_a"  # what --config.reward.fn=... does
     assert rewards.build_reward(cfg).kind == "fn"
     with pytest.raises(AttributeError):
         cfg.functon = "x"
@@ -238,7 +267,7 @@ def test_build_rewards_names_golds_by_their_keys(tmp_path):
     golds.lock()
     golds.mode8.mode = 7.5  # a command-line override
     golds.mode8.mode = 8
-    proxy, golds = rewards.build_rewards(dict(kind="fn", fn="tests.reward_fns:count_a"), golds)
+    proxy, golds = rewards.build_rewards(dict(kind="fn", fn="reward_fns:count_a"), golds)
     assert proxy.name == "count_a"
     assert {k: g.name for k, g in golds.items()} == {"neg_length": "neg_length",
                                                     "mode8": "mode8", "named": "len"}

@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="parity tests need torch: pip install -e '.[parity]'")
 transformers = pytest.importorskip("transformers", reason="parity tests need transformers")
 
+import modeseek  # noqa: E402
 from configs import llm as llm_configs  # noqa: E402
 from llm import checkpointing, reward_models, rewards  # noqa: E402
 from llm.byte_tokenizer import VOCAB_SIZE  # noqa: E402
@@ -122,7 +123,7 @@ def test_hf_reward_on_prompt_and_response_rows_with_a_trailing_pad_id_token(tmp_
     expected = hf_scores(model, np.where(mask, rows, PAD), mask.astype(np.int32),
                          positions=True).reshape(2, 3)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
-    index = np.asarray(reward_models.hf_pool_index(np.where(mask, rows, PAD), mask, PAD))
+    index = np.asarray(modeseek.pooling_index(mask, np.where(mask, rows, PAD), PAD))
     np.testing.assert_array_equal(index, [9, 8, 10, 10, 10, 6])
     assert got.shape == (2, 3) and got.dtype == np.float32 and reward.last_seconds > 0
 
@@ -192,6 +193,10 @@ def test_own_reward_model_stage_scores_like_the_scalar_model(tmp_path):
         shardings=jax.tree.map(lambda _: replicated, params))
     assert all(x.sharding == replicated for x in jax.tree.leaves(placed))
     np.testing.assert_allclose(reward(inputs, params=placed), got, atol=1e-6, rtol=0)
+    half = rewards.build_reward(dict(kind="model", path=str(tmp_path / "run" / "reward_model"),
+                                     dtype="bfloat16"))
+    assert half.params["decoder"]["embedding"].dtype == "bfloat16"
+    np.testing.assert_allclose(half(inputs), got, atol=0.05 * np.abs(got).max(), rtol=0)
 
 
 def test_own_reward_model_errors_name_the_path(tmp_path):
