@@ -144,7 +144,7 @@ def test_truncated_and_corrupt_files(tiny_dir):
     weights = path / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) - 100])
-    with pytest.raises(CheckpointError, match=r"tensor '.*' ends at byte .*truncated"):
+    with pytest.raises(CheckpointError, match=r"tensor '.*': ends at byte .*truncated"):
         checkpoints.load_hf(str(path))
     weights.write_bytes(data[:5])
     with pytest.raises(CheckpointError, match="too short"):
