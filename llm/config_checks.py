@@ -6,6 +6,7 @@ API:
       every field below, for the stages that will run (`stages`, default cfg.stage_order);
       raises ConfigError naming `config.<path>` (and the closest known name for unknown ones)
   check_overrides(cfg, overrides) -> None     unknown `--config.a.b=...` keys, with a suggestion
+  override_keys(argv) -> list[str]            the dotted keys of `--config.*` arguments
   count_pairs(rewards_PxN, valid_PxN) -> (pairs, non_tied_groups)   jit-able
   PairStarvation(max_consecutive)             .update(pairs, iteration): error after K
                                               consecutive iterations without a usable pair
@@ -166,6 +167,13 @@ def check_overrides(cfg: Mapping[str, Any], overrides: Sequence[str]) -> None:
                 raise ConfigError(f"--config.{dotted}: {where} has no field {part!r}"
                                   f"{suggest_key(part, keys)}")
             node, path = node[part], path + [part]
+
+
+def override_keys(argv: Sequence[str], flag: str = "config") -> list[str]:
+    """Dotted keys of `--config.a.b=v` / `--config.a.b v` arguments in `argv` (to check with
+    `check_overrides` before absl parses them and fails with a traceback)."""
+    prefix = f"--{flag}."
+    return [a[len(prefix):].split("=", 1)[0] for a in argv if a.startswith(prefix)]
 
 
 def count_pairs(rewards_PxN, valid_PxN):

@@ -14,6 +14,7 @@ from llm.config_checks import (
     PairStarvation,
     check_overrides,
     count_pairs,
+    override_keys,
     validate_llm_config,
 )
 from modeseek._checks import check_known_keys, suggest_key
@@ -104,6 +105,9 @@ def test_ppo_may_sample_once_and_only_running_stages_are_checked():
 
 def test_unknown_override_keys_suggest_the_closest():
     cfg = _config()
+    argv = ["python", "--config", "configs/llm.py:tiny", "--config.foo=1",
+            "--config.stages.offline_dpo.learning_rat", "0.1", "--workdir=x"]
+    assert override_keys(argv) == ["foo", "stages.offline_dpo.learning_rat"]
     check_overrides(cfg, ["stages.offline_dpo.learning_rate", "checkpoint_every"])
     with pytest.raises(ConfigError, match=r"--config\.stages\.offline_dpo\.learning_rat: config"
                                           r"\.stages\.offline_dpo has no field 'learning_rat' "
