@@ -27,9 +27,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax.numpy as jnp
-import numpy as np
 
-from modeseek._checks import check_sampling_args, suggest_key
+from modeseek._checks import check_sampling_args, is_int, suggest_key
 from modeseek.taxonomy import ALGORITHMS
 
 KINDS = ("sft", "reward_model", "offline", "onpolicy")
@@ -41,12 +40,8 @@ class ConfigError(ValueError):
     """A config field that would fail, or silently do the wrong thing, later in the run."""
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
 def _int_at_least(where: str, value, low: int) -> int:
-    if not _is_int(value) or value < low:
+    if not is_int(value) or value < low:
         raise ConfigError(f"{where} must be an integer >= {low}, got {value!r}")
     return int(value)
 

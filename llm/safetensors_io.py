@@ -26,6 +26,8 @@ import struct
 import ml_dtypes
 import numpy as np
 
+from modeseek._checks import is_int
+
 
 class CheckpointError(ValueError):
     """A checkpoint file or folder is malformed or does not match the model.
@@ -55,10 +57,6 @@ _NAMES = {v: k for k, v in _DTYPES.items()}
 _FLOAT_NAMES = ("F64", "F32", "F16", "BF16")
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _entry(path: str, name: str, info) -> tuple[str, list[int], int, int]:
     """(dtype name, shape, begin, end) of one header entry, every field type-checked."""
     if not isinstance(info, dict):
@@ -69,11 +67,11 @@ def _entry(path: str, name: str, info) -> tuple[str, list[int], int, int]:
     dtype_name, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     if dtype_name not in _DTYPES:
         raise CheckpointError(path, f"tensor {name!r}", f"unsupported dtype {dtype_name!r}")
-    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(is_int(d) and d >= 0 for d in shape):
         raise CheckpointError(path, f"tensor {name!r}",
                               f"shape {shape!r} is not a list of non-negative integers")
     if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(_is_int(o) for o in offsets)):
+            or not all(is_int(o) for o in offsets)):
         raise CheckpointError(path, f"tensor {name!r}",
                               f"data_offsets {offsets!r} is not a pair of integers")
     begin, end = offsets

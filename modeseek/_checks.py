@@ -43,7 +43,8 @@ def check_rank_at_least(name: str, array, rank: int) -> None:
         raise ValueError(f"{name} must have at least {rank} dims, got shape {np.shape(array)}")
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
+    """A Python or NumPy integer, not a bool."""
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
@@ -56,11 +57,11 @@ def check_sampling_args(*, temperature, top_k, top_p, max_new_tokens, max_len=No
         return
     if not np.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
-    if not _is_int(top_k) or top_k < 0:
+    if not is_int(top_k) or top_k < 0:
         raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
     if not (np.isfinite(top_p) and 0 < top_p <= 1):
         raise ValueError(f"top_p must lie in (0, 1] (1 = off), got {top_p!r}")
-    if not _is_int(max_new_tokens) or max_new_tokens < 1:
+    if not is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     if max_len is not None and max_new_tokens >= max_len:
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the "

@@ -12,20 +12,16 @@ import ml_dtypes
 import numpy as np
 import pytest
 import tokenizers
+from test_checkpoints import make_tiny_dir
 
 from llm import checkpoints
 from llm.safetensors_io import CheckpointError, read_safetensors, write_safetensors
 from llm.tokenizer import Tokenizer
-from modeseek import decoder as dec
 
 
 @pytest.fixture
 def tiny_dir(tmp_path):
-    config = dec.DecoderConfig.tiny(num_layers=1, tied_embeddings=False)
-    params = dec.init_params(jax.random.key(0), config)
-    path = tmp_path / "tiny"
-    checkpoints.save_hf(str(path), config, params)
-    return config, params, path
+    return make_tiny_dir(tmp_path)
 
 
 def _raw_safetensors(path, header: dict, data: bytes) -> None:
