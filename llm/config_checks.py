@@ -5,6 +5,7 @@ API:
   validate_llm_config(cfg, *, stages=(), data_parallel=1) -> None
       every field below, for the stages that will run (`stages`, default cfg.stage_order);
       raises ConfigError naming `config.<path>` (and the closest known name for unknown ones)
+  check_context_fits(cfg, max_len, *, stages=()) -> None   prompt + response/new tokens fit
   check_overrides(cfg, overrides) -> None     unknown `--config.a.b=...` keys, with a suggestion
   override_keys(argv) -> list[str]            the dotted keys of `--config.*` arguments
   count_pairs(rewards_PxN, valid_PxN) -> (pairs, non_tied_groups)   jit-able
@@ -148,6 +149,24 @@ def validate_llm_config(cfg: Mapping[str, Any], *, stages: Sequence[str] = (),
             _int_at_least("config.eval.batch_size", cfg["eval"].get("batch_size", 1), 1)
     if cfg.get("checkpoint_every", 0) < 0:
         raise ConfigError(f"config.checkpoint_every must be >= 0, got {cfg['checkpoint_every']}")
+
+
+def check_context_fits(cfg: Mapping[str, Any], max_len: int, *, stages: Sequence[str] = ()
+                       ) -> None:
+    """Once the model is known: every sequence a stage builds fits its context of max_len
+    tokens — data.max_prompt_len + data.max_response_len (preference stages),
+    data.max_prompt_len + max_new_tokens (on-policy stages, evaluation)."""
+    p = cfg["data"]["max_prompt_len"]
+    need = {"config.data.max_response_len": cfg["data"]["max_response_len"]}
+    if cfg.get("eval", {}).get("every", 0):
+        need["config.eval.max_new_tokens"] = cfg["eval"]["max_new_tokens"]
+    for name in stages or cfg["stage_order"]:
+        if cfg["stages"][name]["kind"] == "onpolicy":
+            need[f"config.stages.{name}.max_new_tokens"] = cfg["stages"][name]["max_new_tokens"]
+    for where, n in need.items():
+        if p + n > max_len:
+            raise ConfigError(f"config.data.max_prompt_len={p} + {where}={n} exceeds the "
+                              f"model's context of {max_len} tokens")
 
 
 def check_overrides(cfg: Mapping[str, Any], overrides: Sequence[str]) -> None:

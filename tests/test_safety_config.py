@@ -12,6 +12,7 @@ import pytest
 from llm.config_checks import (
     ConfigError,
     PairStarvation,
+    check_context_fits,
     check_overrides,
     count_pairs,
     override_keys,
@@ -30,7 +31,7 @@ def _stage(name, kind, **kw):
 
 
 def _config():
-    return {"checkpoint_every": 10,
+    return {"checkpoint_every": 10, "data": {"max_prompt_len": 32, "max_response_len": 24},
             "eval": {"every": 2, "max_new_tokens": 8, "temperature": 1.0, "batch_size": 4},
             "stage_order": ("reward_model", "onpolicy_dpo", "offline_dpo"),
             "stages": {"reward_model": _stage("reward_model", "reward_model"),
@@ -163,3 +164,15 @@ def test_pair_starvation_after_k_consecutive_iterations():
         off.update(0, it)
     with pytest.raises(ConfigError, match="max_zero_pair_iterations"):
         PairStarvation(-1)
+
+
+def test_prompt_plus_response_must_fit_the_model_context():
+    cfg = _config()
+    check_context_fits(cfg, 56)  # 32 + 24; on-policy 32 + 16, eval 32 + 8
+    with pytest.raises(ConfigError, match=r"max_prompt_len=32 \+ config\.data\.max_response_len"
+                                          r"=24 exceeds the model's context of 55"):
+        check_context_fits(cfg, 55)
+    cfg["data"]["max_response_len"] = 8
+    with pytest.raises(ConfigError, match=r"stages\.onpolicy_dpo\.max_new_tokens=16 exceeds"):
+        check_context_fits(cfg, 47)
+    check_context_fits(cfg, 47, stages=["offline_dpo"])  # the on-policy stage does not run
