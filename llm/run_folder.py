@@ -14,7 +14,9 @@ API (paths are `etils.epath.Path`-compatible: local paths or gs://...):
   claim_workdir(workdir, config, *, resume) -> stored config (dict) or None for a new run
   compare_resume_config(stored, new, *, result_fields=("*",), neutral_fields=NEUTRAL_FIELDS,
                         allow_change=False, step=None) -> list[ConfigChange]
+  record_config_changes(workdir, changes, *, stage="") -> path of config_changes.jsonl
   latest_valid_checkpoint(steps, restore, *, quarantine=None) -> (step, restored)
+  quarantine_step_dir(checkpoint_dir, step)     move a corrupt step out of the manager's sight
 
 Errors: `RunFolderError` (and its subclasses `StaleCacheError`, `ConfigChangeError`) name the
 folder or file and the flag that resolves them (`--resume`, `--workdir`,
@@ -308,6 +310,18 @@ def compare_resume_config(stored: Mapping[str, Any], new: Mapping[str, Any], *,
     for c in changes:
         logging.warning("config change on resume: %s", c)
     return changes
+
+
+def record_config_changes(workdir: str | os.PathLike, changes: Sequence[ConfigChange], *,
+                          stage: str = "") -> epath.Path:
+    """Append the changes (one JSON line each: key, old, new, affects_results, step, stage) to
+    <workdir>/config_changes.jsonl, rewritten atomically; the run's config.json stays as first
+    stored, so the two together say which values held at which step."""
+    path = epath.Path(workdir) / "config_changes.jsonl"
+    old = path.read_text() if path.exists() else ""
+    lines = [json.dumps({**dataclasses.asdict(c), "stage": stage}) + "\n" for c in changes]
+    atomic_write_text(path, old + "".join(lines))
+    return path
 
 
 # ------------------------------------------------------------------ checkpoints

@@ -163,7 +163,7 @@ def test_workdir_config_stored_once_and_resume_needs_a_run(tmp_path):
     assert rf.claim_workdir(tmp_path / "run", {"seed": 1}, resume=True) == config
 
 
-def test_resume_refuses_result_changes_unless_allowed():
+def test_resume_refuses_result_changes_unless_allowed(tmp_path):
     """The issue's case: batch 4 -> 8 and lr -> 0.1 mid-run are refused, naming both."""
     stored = {"seed": 0, "checkpoint_every": 10,
               "stages": {"dpo": {"learning_rate": 1e-5, "batch_size": 4,
@@ -181,6 +181,12 @@ def test_resume_refuses_result_changes_unless_allowed():
         "stages.dpo.batch_size": (4, 8, True, 40),
         "stages.dpo.learning_rate": (1e-5, 0.1, True, 40),
         "stages.dpo.preempt_at_step": (3, 0, False, 40)}
+    log = rf.record_config_changes(tmp_path, changes[1:2], stage="dpo")
+    rf.record_config_changes(tmp_path, changes[2:3], stage="dpo")
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(x["key"], x["old"], x["new"], x["step"], x["stage"]) for x in lines] == [
+        ("stages.dpo.batch_size", 4, 8, 40, "dpo"),
+        ("stages.dpo.learning_rate", 1e-5, 0.1, 40, "dpo")]
     # only neutral fields changed: accepted without the flag; identical configs: no changes
     neutral = {**stored, "checkpoint_every": 5}
     assert [c.key for c in rf.compare_resume_config(stored, neutral)] == ["checkpoint_every"]
