@@ -27,6 +27,7 @@ command line, e.g. `--config.stages.onpolicy_dpo.num_iterations=10 --config.mesh
 
 import ml_collections
 
+from llm.rewards import reward_config
 from modeseek.taxonomy import DEFAULT_HPARAMS
 
 
@@ -67,6 +68,11 @@ def base(model, train, test, *, max_prompt_len, max_response_len):
                                             temperature=1.0, batch_size=16))
     c.checkpoint_every = 10
     c.wandb = False
+    # rewards as data (llm.rewards): `reward` is the training (proxy) reward of the on-policy
+    # stages when it names one (rule, fn or path; e.g. --config.reward.fn=pkg.mod:score);
+    # otherwise each stage's `reward_model` stage is the proxy. `gold` rewards are logged only.
+    c.reward = reward_config("rule")
+    c.gold = ml_collections.ConfigDict()
     c.stages = ml_collections.ConfigDict()
     return c
 
@@ -82,6 +88,7 @@ def min_length(model, *, tiny=False):
     c.data.use_chat_template = not tiny
     c.data.skip_bad_rows = True  # truncation can make a pair identical: left out and counted
     c.data.ref_batch_size = 8
+    c.gold.neg_length = reward_config("rule", rule="neg_length")  # Min Length: gold = −length
     policy = dict(learning_rate=2e-5, reward_model="reward_model")
     c.stages.reward_model = stage("reward_model", "reward_model", trunk_layers=2, num_steps=40,
                                   batch_size=8, learning_rate=1e-4)
@@ -143,12 +150,15 @@ def get_config(arg: str = "smollm2_min_length"):
                        algorithms=("onpolicy_rwr", "reinforce", "onpolicy_dpo", "offline_dpo",
                                    "pref_ft", "ppo"), batch=64)
         c.data.use_chat_template = False
+        c.gold.alpacafarm_rm = reward_config("hf_model", path="/data/alpacafarm-reward-model-7b",
+                                             dtype="bfloat16")
         return c
     if arg == "mistral_ultrafeedback":
         c = full_scale("/data/mistral-7b", "/data/ultrafeedback/train.jsonl",
                        "/data/ultrafeedback/test.jsonl", mesh=dict(data=1, fsdp=-1, tensor=4),
                        algorithms=("offline_dpo", "pref_ft", "onpolicy_dpo"), batch=64)
         c.data.use_chat_template = False
+        c.gold.ultrarm = reward_config("hf_model", path="/data/UltraRM-13b", dtype="bfloat16")
         return c
     raise ValueError(f"unknown config {arg!r}: smollm2_min_length | tiny | pythia_alpacafarm | "
                      "mistral_ultrafeedback")

@@ -24,6 +24,10 @@ class ByteTokenizer:
         ids = list(text.encode("utf-8"))
         return [self.bos_id, *ids] if add_special_tokens else ids
 
+    def encode_text(self, text: str) -> list[int]:
+        """UTF-8 bytes only: no text maps to pad/eos/bos."""
+        return list(text.encode("utf-8"))
+
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         data = bytes(int(i) for i in ids if int(i) < 256)
         return data.decode("utf-8", errors="replace")

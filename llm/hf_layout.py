@@ -14,6 +14,7 @@ Qwen2ForCausalLM, GPTNeoXForCausalLM (Pythia). HF linear weights are [out, in]; 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax.numpy as jnp
@@ -29,8 +30,36 @@ _CLASS = {v: k for k, v in ARCHITECTURES.items()}
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "attention.bias", "attention.masked_bias")
 
 
-def _architecture(hf: dict[str, Any]) -> str:
+_REQUIRED = object()
+
+
+def _field(hf: dict[str, Any], key: str, kind: str, default: Any = _REQUIRED, *,
+           source: str = "config.json") -> Any:
+    """hf[key] checked against `kind` ("pos_int", "pos_float", "fraction" in (0, 1], "bool"),
+    or `default` when absent/null; CheckpointError(source, key, reason) otherwise."""
+    value = hf.get(key)
+    if value is None:
+        if default is _REQUIRED:
+            raise CheckpointError(source, key, "required field is missing")
+        return default
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = {"pos_int": isinstance(value, int) and not isinstance(value, bool) and value > 0,
+          "pos_float": number and math.isfinite(value) and value > 0,
+          "fraction": number and 0 < value <= 1,
+          "bool": isinstance(value, bool)}[kind]
+    if not ok:
+        expected = {"pos_int": "a positive integer", "pos_float": "a positive finite number",
+                    "fraction": "a number in (0, 1]", "bool": "true or false"}[kind]
+        raise CheckpointError(source, key, f"must be {expected}, got {value!r}")
+    return value
+
+
+def _architecture(hf: dict[str, Any], *, source: str = "config.json") -> str:
+    if not isinstance(hf, dict):
+        raise CheckpointError(source, "", f"must be a JSON object, got {type(hf).__name__}")
     names = hf.get("architectures") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(source, "architectures", f"must be a list of names, got {names!r}")
     known = [ARCHITECTURES[n] for n in names if n in ARCHITECTURES]
     if not known:
         raise CheckpointError(f"config.json architectures={names} (model_type="
@@ -39,10 +68,18 @@ def _architecture(hf: dict[str, Any]) -> str:
     return known[0]
 
 
-def _rope(hf: dict[str, Any]) -> tuple[float, float]:
+def _rope(hf: dict[str, Any], *, source: str = "config.json") -> tuple[float, float]:
     """(theta, partial rotary fraction): pre-5.0 keys or transformers 5 `rope_parameters`."""
     rp = hf.get("rope_parameters") or {}
     scaling = hf.get("rope_scaling") or {}
+    for key, value in (("rope_parameters", rp), ("rope_scaling", scaling)):
+        if not isinstance(value, dict):
+            raise CheckpointError(source, key, f"must be an object, got {value!r}")
+    merged = {**hf, **rp}
+    for key in ("rope_theta", "rotary_emb_base"):
+        _field(merged, key, "pos_float", None, source=source)
+    for key in ("partial_rotary_factor", "rotary_pct"):
+        _field(merged, key, "fraction", None, source=source)
     kind = rp.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
     if kind != "default":
         raise CheckpointError(f"config.json: rope scaling type {kind!r} is not supported")
@@ -52,10 +89,36 @@ def _rope(hf: dict[str, Any]) -> tuple[float, float]:
     return float(theta), float(fraction)
 
 
+def _check_fields(hf: dict[str, Any], source: str) -> None:
+    """Types and ranges of every field config_from_hf reads (before any arithmetic on them)."""
+    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                "intermediate_size"):
+        _field(hf, key, "pos_int", source=source)
+    for key in ("head_dim", "num_key_value_heads", "max_position_embeddings", "sliding_window"):
+        if hf.get(key) != 0:  # 0 is how some configs say "derive it" / "no window"
+            _field(hf, key, "pos_int", None, source=source)
+    for key in ("rms_norm_eps", "layer_norm_eps"):
+        _field(hf, key, "pos_float", None, source=source)
+    for key in ("tie_word_embeddings", "attention_bias", "mlp_bias", "use_parallel_residual",
+                "use_sliding_window"):
+        _field(hf, key, "bool", None, source=source)
+    heads, kv = hf["num_attention_heads"], hf.get("num_key_value_heads") or hf[
+        "num_attention_heads"]
+    if not hf.get("head_dim") and hf["hidden_size"] % heads:
+        raise CheckpointError(source, "hidden_size", f"{hf['hidden_size']} is not a multiple of "
+                              f"num_attention_heads={heads} (and no head_dim is given)")
+    if heads % kv:
+        raise CheckpointError(source, "num_key_value_heads", f"{kv} does not divide "
+                              f"num_attention_heads={heads}")
+
+
 def config_from_hf(hf: dict[str, Any], *, dtype: str = "float32",
-                   param_dtype: str = "float32") -> DecoderConfig:
-    arch = _architecture(hf)
-    theta, fraction = _rope(hf)
+                   param_dtype: str = "float32", source: str = "config.json") -> DecoderConfig:
+    """DecoderConfig of an HF config.json dict; malformed fields (wrong type, missing, out of
+    range) raise CheckpointError(source, field, reason)."""
+    arch = _architecture(hf, source=source)
+    _check_fields(hf, source)
+    theta, fraction = _rope(hf, source=source)
     heads = hf["num_attention_heads"]
     embed = hf["hidden_size"]
     common = dict(vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
@@ -299,3 +362,50 @@ def params_to_hf(params: dict[str, Any], config: DecoderConfig,
                 stacked = np.stack([x.reshape(H, K, *x.shape[1:]) for x in parts], axis=1)
                 out[p + kind] = stacked.reshape(3 * H * K, *parts[0].shape[1:])
     return out
+
+
+# ----------------------------------------------------------------------------- reward models
+# `*ForSequenceClassification`: the causal model's trunk under the same tensor names (no
+# lm_head) plus `score.weight` [num_labels, hidden] without bias, read at one pooled position.
+SEQUENCE_CLASSIFICATION = {"LlamaForSequenceClassification": "llama",
+                           "MistralForSequenceClassification": "mistral",
+                           "Qwen2ForSequenceClassification": "qwen2",
+                           "GPTNeoXForSequenceClassification": "gpt_neox"}
+
+
+def sequence_classification_architecture(hf: dict[str, Any]) -> str:
+    """"llama" | "mistral" | "qwen2" | "gpt_neox" for a `*ForSequenceClassification` config."""
+    for name in hf.get("architectures") or []:
+        if name in SEQUENCE_CLASSIFICATION:
+            return SEQUENCE_CLASSIFICATION[name]
+    raise CheckpointError(f"config.json architectures={hf.get('architectures')} is not a "
+                          "supported sequence-classification reward model; supported: "
+                          f"{sorted(SEQUENCE_CLASSIFICATION)}")
+
+
+def reward_model_from_hf(hf: dict[str, Any], tensors: dict[str, np.ndarray], *,
+                         source: str = "checkpoint", dtype: str = "float32",
+                         param_dtype: str = "float32"):
+    """(DecoderConfig, {"decoder", "head"} scalar-model params) of a HF reward model.
+
+    The head is `score.weight[0]` as kernel [D] with bias 0 (transformers' score layer has no
+    bias); exactly one label is required. The returned config has tied_embeddings=True: the
+    classifier has no lm_head, and only the hidden states (never the logits) are used, so the
+    embedding table stands in for it (under jit the unused logits are not computed)."""
+    arch = sequence_classification_architecture(hf)
+    causal = dict(hf, architectures=[_CLASS[arch]])
+    config = config_from_hf(causal, dtype=dtype, param_dtype=param_dtype)
+    config = config.replace(tied_embeddings=True)
+    tensors = dict(tensors)
+    if "score.bias" in tensors:
+        raise CheckpointError(f"{source}: unexpected tensor score.bias (transformers' "
+                              "sequence-classification head has no bias)")
+    weight = tensors.pop("score.weight", None)
+    if weight is None:
+        raise CheckpointError(f"{source}: missing tensor score.weight (the reward head)")
+    if tuple(weight.shape) != (1, config.embed_dim):
+        raise CheckpointError(f"{source}: tensor score.weight has shape {tuple(weight.shape)}, "
+                              f"expected (1, {config.embed_dim}): a reward model has one label")
+    decoder = params_from_hf(tensors, config, arch, source=source)
+    head = {"kernel": np.asarray(weight[0], np.float32), "bias": np.zeros((), np.float32)}
+    return config, {"decoder": decoder, "head": head}

@@ -19,12 +19,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from llm import checkpointing, steps
+from llm import checkpointing, reward_pass, rewards, steps
 from llm import sharding as shd
 from llm import state as st
 from llm.byte_tokenizer import VOCAB_SIZE, ByteTokenizer
 from llm.checkpoints import load_model
 from llm.data import make_loader
+from llm.reward_models import concat_rows
+from llm.reward_types import Reward
 from modeseek import decoder as dec
 from modeseek import sampler
 
@@ -110,6 +112,36 @@ class StageEnv:
         name = self.stage_cfg.reward_model
         return self.config_of(name) if name else self.model_config
 
+    def rewards(self) -> tuple[Reward, dict]:
+        """(proxy, {name: gold}): the proxy trains the on-policy stages, the golds are logged
+        only. Proxy: `cfg.reward` when it names one (a rule, `fn` or a checkpoint `path`),
+        else the stage's `reward_model` stage, else the first gold reward."""
+        spec = self.cfg.reward
+        active = bool(spec.fn or spec.rule or spec.path)
+        proxy, golds = rewards.build_rewards(spec if active else None, self.cfg.gold,
+                                             tokenizer=self.tokenizer)
+        if proxy is None and self.stage_cfg.reward_model:
+            proxy = self._stage_reward_model()
+        if proxy is None:
+            if not golds:
+                raise ValueError(f"stage {self.stage_cfg.name}: no training reward: set "
+                                 "reward (a rule, fn or path), the stage's reward_model, or a "
+                                 "gold reward")
+            proxy = next(iter(golds.values()))
+        return proxy, golds
+
+    def _stage_reward_model(self) -> Reward:
+        """The reward_model stage of this run as a device Reward (parameters sharded)."""
+        config, params = self.reward_config(), self.reward_params()
+
+        def score_fn(p, tokens, mask):
+            return dec.score(p, config, tokens, mask)
+
+        jitted = jax.jit(score_fn)
+        return Reward(self.stage_cfg.reward_model, "model", False,
+                      lambda inputs, p: np.asarray(jitted(p, *concat_rows(inputs))),
+                      params=params, score_fn=score_fn)
+
     @property
     def eos_ids(self) -> tuple[int, ...]:
         """The one EOS set (every id that ends a turn) used by sampling, training data and
@@ -133,8 +165,9 @@ class StageEnv:
         return it
 
     def make_evaluator(self, kind: str):
-        """params -> eval metrics: held-out pair accuracy for reward models, else the length,
-        gold reward (−length) and proxy reward of one sample per held-out prompt."""
+        """params -> eval metrics: held-out pair accuracy for reward models, else, for one
+        sample per held-out prompt, eval/length, eval/proxy_reward, eval/gold/<name> for every
+        gold reward and eval/gold_reward (the first gold's value)."""
         ev = self.cfg.eval
         if kind == "reward_model":
             pairs = [shd.global_batch({k: b[k] for k in steps.PAIR_KEYS}, self.mesh)
@@ -150,27 +183,37 @@ class StageEnv:
         prompts = next(iter(self._loader(ev.num_prompts, True)))
         prompts = shd.global_batch({k: prompts[k] for k in ("prompt_tokens", "prompt_mask")},
                                    self.mesh)
-        reward, reward_config = self.reward_params(), self.reward_config()
+        device, host = reward_pass.split(reward_pass.labelled(*self.rewards()))
+        params = reward_pass.device_params(device)
+        first_gold = next((k for k in (*device, *host) if k.startswith("gold/")), None)
 
         # prompts are arguments, not closed-over constants: they span every process's devices
-        def sample_and_score(params, reward_params, prompt_tokens, prompt_mask, key):
-            out = sampler.sample(key, params, self.model_config, prompt_tokens,
+        def sample_and_score(policy_params, reward_params, prompt_tokens, prompt_mask, key):
+            out = sampler.sample(key, policy_params, self.model_config, prompt_tokens,
                                  prompt_mask, max_new_tokens=ev.max_new_tokens,
                                  temperature=ev.temperature, eos_id=self.eos_ids,
                                  pad_id=self.pad_id)
-            length = out.response_mask.sum(1).astype(np.float32)
-            proxy = (dec.score(reward_params, reward_config, out.tokens, out.mask)
-                     if reward_params is not None else -length)
-            return {"eval/length": length.mean(), "eval/gold_reward": -length.mean(),
-                    "eval/proxy_reward": proxy.mean()}
+            shape = (out.tokens.shape[0], 1)
+            return out, reward_pass.device_scores(device, reward_params, out, shape)
 
         run = st.jit_eval(sample_and_score, self.mesh)
         key = jax.random.key(self.cfg.seed + 7)  # the same samples' randomness at every eval
 
-        def evaluate_policy(params):
-            params = params["decoder"] if "decoder" in params else params
-            out = run(params, reward, prompts["prompt_tokens"], prompts["prompt_mask"], key)
-            return {k: float(v) for k, v in jax.device_get(out).items()}
+        def evaluate_policy(params_):
+            policy = params_["decoder"] if "decoder" in params_ else params_
+            out, scores = run(policy, params, prompts["prompt_tokens"], prompts["prompt_mask"],
+                              key)
+            shape = (out.tokens.shape[0], 1)
+            more, _ = reward_pass.host_scores(host, out, shape)
+            scores = {**scores, **more}
+            reward_pass.check_all({**device, **host}, scores, shape)
+            length = np.asarray(jax.device_get(out.response_mask)).sum(1)
+            metrics = {"eval/length": float(length.mean())}
+            metrics.update({f"eval/{k}_reward" if k == "proxy" else f"eval/{k}":
+                            float(np.mean(jax.device_get(v))) for k, v in scores.items()})
+            if first_gold is not None:
+                metrics["eval/gold_reward"] = metrics[f"eval/{first_gold}"]
+            return metrics
         return evaluate_policy
 
     # ------------------------------------------------------------------ output

@@ -4,11 +4,16 @@ one stage loop (`llm.runtime.run_loop`). Token-level algorithms (a taxonomy reco
 token objective: PPO) get a value head on the policy trunk and the adaptive KL controller;
 nothing here reads an algorithm's name.
 
+Rewards (`llm.reward_pass`): the proxy (`StageEnv.rewards`) trains; every gold reward is only
+logged. Device rewards run inside the jitted scoring pass, host rewards (decoded text, user
+functions) just before it; bad scores stop the run naming the reward.
+
 Per-iteration metrics: time_generation / time_scoring / time_update (seconds, each phase
-blocked on), tokens_per_s (real tokens in the rollout × (1 + reuse) / iteration time),
-generation_tokens_per_s, update_mfu (NaN on CPU, which has no peak), the rollout's proxy
-reward, gold reward (−length), length and KL, kl_coef, and the update metrics averaged over
-the iteration's gradient steps. Checkpoint steps count iterations.
+blocked on; time_scoring includes host rewards, time_reward_host alone), tokens_per_s (real
+tokens in the rollout × (1 + reuse) / iteration time), generation_tokens_per_s, update_mfu
+(NaN on CPU, which has no peak), rollout/proxy_reward, rollout/gold/<name> per gold reward and
+rollout/gold_reward (the first gold), length and KL, kl_coef (token-level), and the update
+metrics averaged over the iteration's gradient steps. Checkpoint steps count iterations.
 """
 
 from __future__ import annotations
@@ -19,12 +24,11 @@ import jax
 import jax.numpy as jnp
 
 import modeseek
-from llm import logs, models
+from llm import logs, models, reward_pass
 from llm import sharding as shd
 from llm import state as st
 from llm.data import make_loader
 from llm.runtime import host_metrics, make_optimizer, run_loop
-from modeseek import decoder as dec
 
 
 def run(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
@@ -47,7 +51,11 @@ def run(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
     params, param_sh = env.initial_params(with_head=alg.token_level)
     if alg.token_level:  # V ≡ 0 at the start (PolicyModel "shared")
         params["head"] = jax.tree.map(jnp.zeros_like, params["head"])
-    reward_params, reward_config = env.reward_params(), env.reward_config()
+    proxy, golds = env.rewards()
+    rewards = reward_pass.labelled(proxy, golds)
+    device_rewards, host_rewards = reward_pass.split(rewards)
+    reward_params = reward_pass.device_params(device_rewards)
+    first_gold = next(iter(golds), None)
     state_sh = st.state_shardings(optimizer, param_sh, params, mesh)
     state = st.init_state(params, optimizer, state_sh)
 
@@ -55,19 +63,18 @@ def run(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
         lambda p, tokens, mask, key: modeseek.generate(
             key, policy, p, tokens, mask, sampling=sampling, samples_per_prompt=N), mesh)
 
-    def score_fn(params, ref_params, reward_params, samples, kl_coef):
-        length = jnp.sum(samples.response_mask, 1).astype(jnp.float32)
-        gold = -length
-        proxy = (gold if reward_params is None else
-                 dec.score(reward_params, reward_config, samples.tokens, samples.mask))
+    def score_fn(params, ref_params, reward_params, host_scores, samples, kl_coef):
+        scores = {**host_scores, **reward_pass.device_scores(device_rewards, reward_params,
+                                                             samples, (P, N))}
         rollout = modeseek.score_rollout(policy, params, ref_params, samples,
-                                         proxy.reshape(P, N))
+                                         scores[reward_pass.PROXY])
         if alg.token_level:
             rollout, _ = modeseek.add_ppo_targets(rollout, hparams, kl_coef)
-        metrics = dict(modeseek.rollout_metrics(rollout),
-                       **{"rollout/gold_reward": modeseek.masked_mean(gold.reshape(P, N),
-                                                                      rollout.valid)})
-        return rollout, metrics
+        metrics = modeseek.rollout_metrics(rollout)
+        for label, values in scores.items():
+            if label != reward_pass.PROXY:
+                metrics[f"rollout/{label}"] = modeseek.masked_mean(values, rollout.valid)
+        return rollout, metrics, scores
 
     score = st.jit_sharded(score_fn, mesh)
     loss_fn = modeseek.make_rollout_loss(alg.name, policy, sampling, hparams)
@@ -91,17 +98,21 @@ def run(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
                                                  prompts["prompt_mask"],
                                                  jax.random.fold_in(key, 0)))
         t1 = time.perf_counter()
-        rollout, roll_metrics = jax.block_until_ready(
-            score(state.params, ref_params, reward_params, samples, kl_coef))
+        host_scores, reward_seconds = reward_pass.host_scores(host_rewards, samples, (P, N))
+        rollout, roll_metrics, scores = jax.block_until_ready(
+            score(state.params, ref_params, reward_params, host_scores, samples, kl_coef))
+        reward_pass.check_all(rewards, scores, (P, N))  # bad rewards stop before the update
         t2 = time.perf_counter()
         state, update_metrics = jax.block_until_ready(
             update(state, rollout, jax.random.fold_in(key, 1)))
         t3 = time.perf_counter()
         more = host_metrics(roll_metrics)
+        if first_gold is not None:
+            more["rollout/gold_reward"] = more[f"rollout/gold/{first_gold}"]
         seq_len = rollout.tokens.shape[-1]
         more.update(
             time_generation=t1 - t0, time_scoring=t2 - t1, time_update=t3 - t2,
-            time_iteration=t3 - t0,
+            time_iteration=t3 - t0, time_reward_host=reward_seconds,
             tokens_per_s=more["rollout/tokens"] * (1 + reuse) / (t3 - t0),
             generation_tokens_per_s=more["rollout/response_tokens"] / (t1 - t0),
             update_mfu=logs.mfu(logs.update_flops(config, P * N * seq_len * reuse, seq_len),

@@ -4,10 +4,12 @@ API:
   load_tokenizer(path) -> Tokenizer          an HF folder (tokenizer.json, tokenizer_config.json,
                                              chat_template.jinja) or a .gguf file
   tokenizer_from_gguf_fields(fields) -> Tokenizer   rebuild from GGUF `tokenizer.*` metadata
-  Tokenizer.encode(text, add_special_tokens=True) -> list[int]
+  Tokenizer.encode(text, add_special_tokens=True) -> list[int]   parses special-token strings
+  Tokenizer.encode_text(text) -> list[int]   user/data text: special-token strings stay text
   Tokenizer.decode(ids, skip_special_tokens=True) -> str
   Tokenizer.apply_chat_template(messages, add_generation_prompt=True) -> str
   Tokenizer.encode_chat(messages, add_generation_prompt=True) -> list[int]
+      control tokens only from the template, never from message content (no prompt injection)
   Tokenizer.save(directory)                  tokenizer.json + tokenizer_config.json
   attributes: eos_id, eos_ids (tuple: every id that ends a turn), pad_id, bos_id, vocab_size,
               chat_template, hf (the tokenizers.Tokenizer)
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import threading
 from typing import Any
 
 import tokenizers
@@ -61,6 +65,10 @@ class Tokenizer:
         ids = [self.eos_id] + [self._id(t) for t in extra_eos_tokens]
         self.eos_ids = tuple(dict.fromkeys(i for i in ids if i is not None))
         self._template = None
+        self._plain = None  # a copy of `hf` that never parses special-token strings
+        self._lock = threading.Lock()
+        self.special_strings = tuple(t.content for t in hf.get_added_tokens_decoder().values()
+                                     if t.special)
 
     def _id(self, token: str | None) -> int | None:
         if token is None:
@@ -76,6 +84,19 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.hf.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_text(self, text: str) -> list[int]:
+        """User or data text: a special-token string in it (e.g. "<|im_end|>") stays plain text,
+        tokenised like any other characters; no BOS/EOS is added. Only the chat template (or
+        the caller, e.g. an appended eos_id) produces control tokens."""
+        with self._lock:  # grain maps in threads; the copy is made once
+            if self._plain is None:
+                self._plain = tokenizers.Tokenizer.from_str(self.hf.to_str())
+                self._plain.encode_special_tokens = True
+        return self._plain.encode(text, add_special_tokens=False).ids
+
+    def contains_special(self, text: str) -> bool:
+        return any(s in text for s in self.special_strings)
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
@@ -100,8 +121,29 @@ class Tokenizer:
                                      bos_token=self.bos_token or "", eos_token=self.eos_token or "")
 
     def encode_chat(self, messages, add_generation_prompt: bool = True) -> list[int]:
-        # the template already writes BOS and other specials as text
-        return self.encode(self.apply_chat_template(messages, add_generation_prompt), False)
+        """Ids of the rendered chat template. Control tokens come from the template only: a
+        message whose content holds special-token text is rendered with a placeholder, the
+        template text around it is encoded with specials and the content with `encode_text`."""
+        text = self.apply_chat_template(messages, add_generation_prompt)
+        contents = [m.get("content") for m in messages]
+        if not any(isinstance(c, str) and self.contains_special(c) for c in contents):
+            # the template already writes BOS and other specials as text
+            return self.encode(text, False)
+        marks = [f"\ue000{i}\ue001" if isinstance(c, str) else c for i, c in enumerate(contents)]
+        marked = self.apply_chat_template([{**m, "content": k} for m, k in zip(messages, marks)],
+                                          add_generation_prompt)
+        pieces = re.split("(\ue000\\d+\ue001)", marked)
+        if "".join(contents[int(p[1:-1])] if p.startswith("\ue000") else p
+                   for p in pieces) != text:
+            raise ValueError("the chat template rewrites message content, so user text holding "
+                             "special-token strings cannot be kept apart from control tokens")
+        ids: list[int] = []
+        for p in pieces:
+            if p.startswith("\ue000"):
+                ids += self.encode_text(contents[int(p[1:-1])])
+            elif p:
+                ids += self.encode(p, False)
+        return ids
 
     def save(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)

@@ -81,6 +81,13 @@ from modeseek.policy_gradient import (
     reinforce_loss,
 )
 from modeseek.ppo import adaptive_kl_coef, ppo_targets, ppo_token_objective
+from modeseek.rewards import (
+    negative_length,
+    negative_length_distance,
+    pool_at_last_token,
+    pooling_index,
+    response_length,
+)
 from modeseek.sampler import SampleOutput, bucket_length, pad_prompts, sample
 from modeseek.taxonomy import (
     ALGORITHMS,

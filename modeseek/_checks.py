@@ -1,4 +1,5 @@
-"""Input checks shared by the losses: fail early, naming the argument."""
+"""Input checks shared by the losses, the sampler and the config edges of every tier: fail
+early, naming the argument (and, for unknown names, the closest known one)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,48 @@ def check_same_shape(**arrays) -> None:
 def check_rank_at_least(name: str, array, rank: int) -> None:
     if np.ndim(array) < rank:
         raise ValueError(f"{name} must have at least {rank} dims, got shape {np.shape(array)}")
+
+
+def is_int(value) -> bool:
+    """A Python or NumPy integer, not a bool."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def check_sampling_args(*, temperature, top_k, top_p, max_new_tokens, max_len=None) -> None:
+    """One-line ValueError naming the first bad sampling argument: temperature ≥ 0 and finite
+    (0 = greedy), top_k an integer ≥ 0 (0 = off), top_p in (0, 1] (1 = off), max_new_tokens an
+    integer ≥ 1 and, given the model context max_len, max_new_tokens < max_len (room for at
+    least one prompt token)."""
+    if not is_concrete(temperature) or not is_concrete(top_p):
+        return
+    if not np.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if not is_int(top_k) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+    if not (np.isfinite(top_p) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must lie in (0, 1] (1 = off), got {top_p!r}")
+    if not is_int(max_new_tokens) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    if max_len is not None and max_new_tokens >= max_len:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
+                         f"model's context of {max_len} tokens")
+
+
+def suggest_key(unknown: str, known) -> str:
+    """' (did you mean 'x'?)' for the closest known name, else the known names listed."""
+    import difflib
+
+    known = sorted(str(k) for k in known)
+    close = difflib.get_close_matches(str(unknown), known, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    listing = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
+    return f" (known: {listing})"
+
+
+def check_known_keys(where: str, given, known) -> None:
+    """ValueError naming the first key of `given` not in `known`, with the closest known one."""
+    known = list(known)
+    for key in given:
+        if key not in known:
+            raise ValueError(f"{where}: unknown key {key!r}{suggest_key(key, known)}")

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from modeseek import decoder as dec
+from modeseek._checks import check_sampling_args
 from modeseek.logprobs import pack_mask
 
 
@@ -290,6 +291,8 @@ def sample(key: jax.Array, params, config: dec.DecoderConfig, prompt_tokens_BxP:
            prompt_mask_BxP: jax.Array, *, max_new_tokens: int, temperature: float = 1.0,
            top_k: int = 0, top_p: float = 1.0, eos_id: int | tuple[int, ...] | None = None,
            pad_id: int = 0) -> SampleOutput:
+    check_sampling_args(temperature=temperature, top_k=top_k, top_p=top_p,
+                        max_new_tokens=max_new_tokens, max_len=config.max_len)
     B, P = prompt_tokens_BxP.shape
     prompt_mask_BxP = prompt_mask_BxP.astype(bool)
     last_B = dec.last_token_index(prompt_mask_BxP)

@@ -104,13 +104,18 @@ def test_gguf_equals_export_then_reimport(smollm2, tmp_path):
 # ------------------------------------------------------------------ tiny checkpoints, errors
 
 
-@pytest.fixture
-def tiny_dir(tmp_path):
+def make_tiny_dir(tmp_path):
+    """(config, params, folder) of a 1-layer model saved as an HF folder under tmp_path."""
     config = dec.DecoderConfig.tiny(num_layers=1, tied_embeddings=False)
     params = dec.init_params(jax.random.key(0), config)
     path = tmp_path / "tiny"
     checkpoints.save_hf(str(path), config, params)
     return config, params, path
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    return make_tiny_dir(tmp_path)
 
 
 def _rewrite(path, edit):
@@ -144,7 +149,7 @@ def test_truncated_and_corrupt_files(tiny_dir):
     weights = path / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) - 100])
-    with pytest.raises(CheckpointError, match=r"tensor '.*' ends at byte .*truncated"):
+    with pytest.raises(CheckpointError, match=r"tensor '.*': ends at byte .*truncated"):
         checkpoints.load_hf(str(path))
     weights.write_bytes(data[:5])
     with pytest.raises(CheckpointError, match="too short"):

@@ -11,9 +11,11 @@ from llm.data.encoding import Encoder, encode_prompt, encode_response, pad_left,
 from llm.data.loader import make_loader
 from llm.data.records import (
     BadRowError,
+    DataFileError,
     read_preference_file,
     read_prompt_file,
     read_rows,
+    take_rows,
 )
 from llm.data.tfds_builder import load_prepared, prepare_tfds
 
@@ -29,6 +31,7 @@ def default_dataset_path(split: str = "train") -> str:
 
 __all__ = [
     "BadRowError",
+    "DataFileError",
     "Encoder",
     "default_dataset_path",
     "encode_prompt",
@@ -41,4 +44,5 @@ __all__ = [
     "read_preference_file",
     "read_prompt_file",
     "read_rows",
+    "take_rows",
 ]

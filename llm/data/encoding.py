@@ -10,6 +10,10 @@ Rules (one example; P = max_prompt_len, T = max_response_len):
   template is used (default: when the tokenizer has one), else the message contents joined by
   a blank line (a plain string prompt is used unchanged). Prompt ids = ``encode(text)``; a doubled
   leading BOS (template text + encoder) is reduced to one.
+* Special-token text inside user messages or responses stays text when the tokenizer has
+  ``encode_text`` and ``encode_chat`` (``llm.tokenizer.Tokenizer``): prompt ids are then
+  ``encode_chat(messages)`` (template path) or [BOS] + ``encode_text(text)``, responses
+  ``encode_text``; other tokenizers use ``encode``.
 * Response ids = ``encode(text)`` (a leading BOS is removed) followed by ``eos_id``
   (``append_eos=True``), so that stopping is learned and counted.
 * Truncation: a prompt longer than P keeps its **last** P tokens (cut from the LEFT: the end of
@@ -57,13 +61,36 @@ def _strip_bos(tokenizer, ids: list[int], keep: int) -> list[int]:
     return ids
 
 
+def _uses_template(tokenizer, use_chat_template: bool | None) -> bool:
+    return (getattr(tokenizer, "apply_chat_template", None) is not None
+            if use_chat_template is None else use_chat_template)
+
+
+def _adds_bos(tokenizer) -> bool:
+    bos = getattr(tokenizer, "bos_id", None)
+    return bos is not None and list(tokenizer.encode("a"))[:1] == [bos]
+
+
 def encode_prompt(tokenizer, messages, *, use_chat_template: bool | None = None) -> list[int]:
-    ids = list(tokenizer.encode(prompt_text(tokenizer, messages, use_chat_template)))
+    """Prompt ids. With ``encode_chat`` / ``encode_text`` (``llm.tokenizer.Tokenizer``) message
+    text never turns into control tokens: only the template writes them (no prompt
+    injection through ``<|im_end|>`` in user text)."""
+    if _uses_template(tokenizer, use_chat_template) and hasattr(tokenizer, "encode_chat"):
+        ids = list(tokenizer.encode_chat(messages, add_generation_prompt=True))
+    elif not _uses_template(tokenizer, use_chat_template) and hasattr(tokenizer, "encode_text"):
+        text = prompt_text(tokenizer, messages, False)
+        bos = [int(tokenizer.bos_id)] if _adds_bos(tokenizer) else []
+        ids = bos + list(tokenizer.encode_text(text))
+    else:
+        ids = list(tokenizer.encode(prompt_text(tokenizer, messages, use_chat_template)))
     return _strip_bos(tokenizer, ids, keep=1)
 
 
 def encode_response(tokenizer, text: str, *, append_eos: bool = True) -> list[int]:
-    ids = _strip_bos(tokenizer, list(tokenizer.encode(text)), keep=0)
+    """Response ids, then ``eos_id``: the only EOS; "<|im_end|>" written inside the response
+    text stays text when the tokenizer has ``encode_text``."""
+    encode = getattr(tokenizer, "encode_text", tokenizer.encode)
+    ids = _strip_bos(tokenizer, list(encode(text)), keep=0)
     return ids + [int(tokenizer.eos_id)] if append_eos else ids
 
 

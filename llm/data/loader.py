@@ -108,6 +108,8 @@ def make_loader(
       ``rows_kept``, ``rows_skipped``, ``skipped_by_reason``, and ``rows_in_shard``,
       ``batches_per_epoch``.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     rows, kind, has_scores, read_stats = _open_source(source, split, prompts_only, skip_bad_rows)
     if kind == "prompts" and not prompts_only:
         raise ValueError(f"{source}: holds prompts only; pass prompts_only=True")

@@ -19,11 +19,14 @@ Every row is normalised to a plain dict::
      "chosen_score": float, "rejected_score": float,    # only when the file has scores
      "source": "path:line"}
 
-Bad rows (invalid JSON, non-UTF-8 bytes, a missing column, empty text, a wrong type, chosen ==
-rejected, inconsistent conversations, scores on some rows only) raise :class:`BadRowError`
+Bad rows (invalid JSON, JSON nested too deeply, non-UTF-8 bytes, lone surrogates, a missing
+column, empty text, a wrong type, chosen == rejected, inconsistent conversations, scores on
+some rows only) raise :class:`BadRowError`
 naming file, line (1-based; for Parquet the 1-based row number) and field, or, with
 ``skip_bad_rows=True``, are skipped, counted by reason in the returned stats and logged. Columns
-outside the schema are ignored and listed in ``stats["ignored_columns"]``.
+outside the schema are ignored and listed in ``stats["ignored_columns"]``. A file that cannot
+be read at all (corrupt Parquet) raises :class:`DataFileError` naming it, with or without
+``skip_bad_rows``. ``take_rows(rows, train_rows)`` selects the first rows of a split.
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ class BadRowError(ValueError):
         self.source, self.field, self.reason, self.detail = source, field, reason, detail
         where = f"field '{field}': " if field else ""
         super().__init__(f"{source}: {where}{reason}" + (f" ({detail})" if detail else ""))
+
+
+class DataFileError(ValueError):
+    """A whole data file is unreadable (e.g. corrupt Parquet); never skipped by skip_bad_rows."""
 
 
 def new_stats(kind: str) -> dict[str, Any]:
@@ -101,16 +108,25 @@ def _iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
                 yield line_no, json.loads(text)
             except json.JSONDecodeError as e:
                 yield line_no, BadRowError(source, None, "invalid JSON", str(e))
+            except RecursionError:
+                yield line_no, BadRowError(source, None, "invalid JSON", "nested too deeply")
 
 
 def _iter_parquet(path: str) -> Iterator[tuple[int, Any]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     row_no = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
-            row_no += 1
-            yield row_no, row
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+        for batch in batches:
+            for row in batch.to_pylist():
+                row_no += 1
+                yield row_no, row
+    except (pa.ArrowException, OSError) as e:
+        where = f"after row {row_no}" if row_no else "at the start"
+        raise DataFileError(f"{path}: not a readable Parquet file ({where}): "
+                            f"{type(e).__name__}: {e}") from None
 
 
 def iter_raw_rows(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
@@ -132,6 +148,11 @@ def _text(value: Any, source: str, field: str) -> str:
             raise BadRowError(source, field, "non-UTF-8 bytes", str(e)) from None
     if not isinstance(value, str):
         raise BadRowError(source, field, "wrong type", f"expected text, got {type(value).__name__}")
+    try:  # JSON escapes can spell lone surrogates ("\ud800"), which no tokenizer can encode
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise BadRowError(source, field, "invalid Unicode", f"lone surrogate at character "
+                          f"{e.start}") from None
     if not value.strip():
         raise BadRowError(source, field, "empty text")
     return value
@@ -296,6 +317,16 @@ def read_rows(
     logging.info("%s: read %d rows, kept %d, skipped %d %s", path, stats["rows_read"],
                  stats["rows_kept"], stats["rows_skipped"], stats["skipped_by_reason"])
     return rows, stats
+
+
+def take_rows(rows: list[dict[str, Any]], train_rows: int, *, source: str = "data"):
+    """The first ``train_rows`` rows (0 = all). Negative, non-integer or more rows than the
+    data holds raise ValueError naming ``train_rows`` (never a silent slice)."""
+    if isinstance(train_rows, bool) or not isinstance(train_rows, int) or train_rows < 0:
+        raise ValueError(f"train_rows must be an integer >= 0 (0 = all rows), got {train_rows!r}")
+    if train_rows > len(rows):
+        raise ValueError(f"train_rows={train_rows} but {source} has only {len(rows)} usable rows")
+    return list(rows[:train_rows]) if train_rows else list(rows)
 
 
 def read_preference_file(path: str | os.PathLike, *, skip_bad_rows: bool = False):
