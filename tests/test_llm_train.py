@@ -103,3 +103,16 @@ def test_ppo_trains_with_value_head_and_adaptive_kl(tmp_path):
     assert rows[0]["ppo/clip_fraction"] >= 0 and np.isfinite(rows[1]["ppo/value_loss"])
     # KL above target grows the coefficient, below target shrinks it (clipped at ±20%)
     assert rows[1]["kl_coef"] != rows[0]["kl_coef"]
+
+
+@pytest.mark.parametrize("name,gold,kind", [
+    ("smollm2_min_length", "neg_length", "rule"), ("tiny", "neg_length", "rule"),
+    ("pythia_alpacafarm", "alpacafarm_rm", "hf_model"),
+    ("mistral_ultrafeedback", "ultrarm", "hf_model")])
+def test_configs_name_their_gold_reward(name, gold, kind):
+    """Gold rewards are data in each config (evaluation only); the training reward defaults to
+    the stage's reward-model stage (cfg.reward names none until overridden)."""
+    cfg = llm_configs.get_config(name)
+    assert list(cfg.gold) == [gold] and cfg.gold[gold].kind == kind
+    assert not (cfg.reward.fn or cfg.reward.rule or cfg.reward.path)
+    assert "ppo" not in cfg.stages or cfg.stages.ppo.hparams.kl_target > 0
