@@ -116,3 +116,20 @@ def test_configs_name_their_gold_reward(name, gold, kind):
     assert list(cfg.gold) == [gold] and cfg.gold[gold].kind == kind
     assert not (cfg.reward.fn or cfg.reward.rule or cfg.reward.path)
     assert "ppo" not in cfg.stages or cfg.stages.ppo.hparams.kl_target > 0
+
+
+def test_bad_reward_stops_the_run_naming_it_and_keeps_the_last_checkpoint(tmp_path):
+    """A user reward returning NaN at iteration 2 stops the on-policy stage with RewardError
+    naming the reward; the checkpoint of iteration 1 is the last one, no summary is written."""
+    from llm.reward_types import RewardError
+
+    cfg = tiny_config()
+    cfg.checkpoint_every = 1
+    cfg.reward.fn = "tests.engine_reward_fns:nan_on_second_call"
+    stage = onpolicy_stage(cfg, num_iterations=3, reuse=1, minibatch_prompts=2)
+    stage_dir = str(tmp_path / "bad" / "stage")
+    with pytest.raises(RewardError, match="nan_on_second_call.*non-finite"):
+        train.run_stage(cfg, stage, stage_dir)
+    ckpt = checkpointing.RunCheckpointer(os.path.join(stage_dir, "checkpoints"), every=1)
+    assert ckpt.latest_step() == 1
+    assert not os.path.exists(os.path.join(stage_dir, "summary.json"))
