@@ -1,6 +1,7 @@
 """llm.memory_plan / llm.dry_run: the per-device memory plan against XLA's own accounting,
 hand-computed sharded sizes, the 7B plan, the error naming the biggest item, the dry run."""
 
+import dataclasses
 import functools
 
 import jax
@@ -33,17 +34,22 @@ def _xla_memory(config, batch, length, optimizer):
     return jax.jit(step, donate_argnums=0).lower(state, b, key).compile().memory_analysis()
 
 
-# (batch, length, vocab, embed, layers, mlp, mlp kind): attention-and-MLP-bound, logits-bound
-# (vocab 4096: the [B, L, V] float32 buffers are ~80% of the plan) and a GELU MLP
-XLA_CASES = [(4, 64, 256, 48, 2, 192, "swiglu"), (4, 64, 4096, 48, 2, 192, "swiglu"),
-             (4, 64, 512, 64, 4, 256, "gelu")]
+# (batch, length, vocab, embed, layers, mlp, mlp kind, remat): attention-and-MLP-bound,
+# logits-bound (vocab 4096: the [B, L, V] float32 buffers are ~80% of the plan), a GELU MLP;
+# and, once the decoder has a `remat` field, the first one under each remat policy
+_HAS_REMAT = "remat" in {f.name for f in dataclasses.fields(dec.DecoderConfig)}
+XLA_CASES = [(4, 64, 256, 48, 2, 192, "swiglu", "none"),
+             (4, 64, 4096, 48, 2, 192, "swiglu", "none"),
+             (4, 64, 512, 64, 4, 256, "gelu", "none")] + \
+            [(4, 64, 256, 48, 4, 192, "swiglu", r) for r in mp.REMATS[1:] if _HAS_REMAT]
 
 
-@pytest.mark.parametrize("batch,length,vocab,embed,layers,mlp_dim,mlp", XLA_CASES)
-def test_plan_matches_xla_memory_analysis(batch, length, vocab, embed, layers, mlp_dim, mlp):
+@pytest.mark.parametrize("batch,length,vocab,embed,layers,mlp_dim,mlp,remat", XLA_CASES)
+def test_plan_matches_xla_memory_analysis(batch, length, vocab, embed, layers, mlp_dim, mlp,
+                                          remat):
     config = dec.DecoderConfig.tiny(vocab_size=vocab, embed_dim=embed, num_layers=layers,
                                     head_dim=embed // 4, mlp_dim=mlp_dim, mlp=mlp,
-                                    max_len=length)
+                                    max_len=length, **({"remat": remat} if _HAS_REMAT else {}))
     optimizer = modeseek.make_optimizer(learning_rate=1e-3, max_grad_norm=1.0)
     xla = _xla_memory(config, batch, length, optimizer)
     plan = mp.plan_memory(config, mesh_shape=ONE, batch_per_device=batch, seq_len=length,
@@ -55,11 +61,12 @@ def test_plan_matches_xla_memory_analysis(batch, length, vocab, embed, layers, m
     assert xla.argument_size_in_bytes / resident < 1.01
     # temp = XLA's buffer assignment for everything the step allocates beyond its arguments
     # (gradients, saved activations, the backward's transients, fused temporaries, after buffer
-    # reuse); the plan's gradients + activations formula is checked within [0.8, 1.25]:
-    # measured 0.89-1.15 over five such configurations (one more per error from counting
-    # whole tensors, e.g. SiLU's saved sigmoid, while XLA fuses some and keeps others)
+    # reuse). The plan counts whole saved tensors per layer, while XLA fuses some and keeps
+    # others (e.g. SiLU's sigmoid), so it is an estimate, checked within [0.75, 1.25]: measured
+    # 0.77-1.12 over 14 configurations (unrolled and scanned layers, all remat policies);
+    # counting the logits once instead of 5 times, or leaving out the [L, L] scores, fails it
     ratio = xla.temp_size_in_bytes / (plan.gradients + plan.activations)
-    assert 0.8 < ratio < 1.25, (xla.temp_size_in_bytes, plan.gradients + plan.activations)
+    assert 0.75 < ratio < 1.25, (xla.temp_size_in_bytes, plan.gradients + plan.activations)
     # donated: the new state reuses the argument buffers
     assert xla.alias_size_in_bytes >= resident
 
@@ -108,19 +115,19 @@ def test_mistral_7b_on_8_way_fsdp_by_hand():
     # reward model: the same trunk + a float32 head (4096 kernel split /8, scalar bias)
     assert plan.reward_model == per_device + 4096 * 4 // 8 + 4
     # activations, remat full, bf16 (c = 2), per token: block inputs 32·2·4096 = 262,144;
-    # one recomputed layer 2·(4·4096 + (32 + 16)·128 + 32·128 + 4·14336) + 6·32·384 = 241,664;
+    # one recomputed layer 2·(4·4096 + (32 + 16)·128 + 32·128 + 4·14336) + 10·32·384 = 290,816;
     # score/probability gradients 8·32·384 = 98,304; logits 5·4·32000 = 640,000;
-    # embedding/final norm/mask 3·4096·2 + 384 = 24,960  ->  1,267,072 B × 4·384 tokens
-    per_token = 262_144 + 241_664 + 98_304 + 640_000 + 24_960
-    assert plan.activations == per_token * B * L == 1_946_222_592  # 1.81 GiB
+    # embedding/final norm/mask 3·4096·2 + 384 = 24,960  ->  1,316,224 B × 4·384 tokens
+    per_token = 262_144 + 290_816 + 98_304 + 640_000 + 24_960
+    assert plan.activations == per_token * B * L == 2_021_720_064  # 1.88 GiB
     assert plan.logits == 640_000 * B * L
     # KV cache: 32 layers × k, v × 64 rows × 8 kv heads × 384 slots × 128 × 2 B over 8 devices
     # (rows split over fsdp) + bool mask and int32 positions [64, 384] / 8 + int32 index
     assert plan.kv_cache == 32 * 2 * 64 * 8 * 384 * 128 * 2 // 8 + 64 * 384 * 5 // 8 + 4
     assert plan.peak_phase == "update"
     # resident: parameters, 2 moments, reference, reward model; update: gradients + activations
-    total = 6 * per_device + 4 + (4096 * 4 // 8 + 4) + 1_946_222_592
-    assert plan.total == total  # ≈ 11.9 GiB: fits an 80 GiB H100 with room to spare
+    total = 6 * per_device + 4 + (4096 * 4 // 8 + 4) + 2_021_720_064
+    assert plan.total == total  # ≈ 12.0 GiB: fits an 80 GiB H100 with room to spare
     assert 11.5 * mp.GiB < plan.total < 12.5 * mp.GiB
     plan.check(80 * mp.GiB)
     table = plan.table(80 * mp.GiB)
@@ -158,14 +165,14 @@ def test_remat_orders_activations():
             for r in mp.REMATS}
     assert acts["full"]["layers"] < acts["dots_saveable"]["layers"] < acts["none"]["layers"]
     assert acts["full"]["logits"] == acts["none"]["logits"] == 2 * 16 * 5 * 4 * 256
-    # none, per token: 4·(4·48 + (4 + 4)·12 + 4·12 + 4·128) + 8·4·16 = 3904 per layer, × 2
+    # none, per token: 4·(4·48 + (4 + 4)·12 + 4·12 + 4·128) + 12·4·16 = 4160 per layer, × 2
     # layers, + score/probability gradients 8·4·16 = 512
-    assert acts["none"]["layers"] == 2 * 16 * (2 * 3904 + 512)
+    assert acts["none"]["layers"] == 2 * 16 * (2 * 4160 + 512)
     # full: the block input 4·48 per layer + one recomputed layer + the same transient
-    assert acts["full"]["layers"] == 2 * 16 * (2 * 192 + 3904 + 512)
+    assert acts["full"]["layers"] == 2 * 16 * (2 * 192 + 4160 + 512)
     # dots_saveable: matmul outputs 4·(3·48 + 96 + 48 + 2·128) + float32 scores 4·4·16 = 2432
-    # per layer; the backward recomputes the rest of one layer's `none` set, 3904 − 2432
-    assert acts["dots_saveable"]["layers"] == 2 * 16 * (2 * 2432 + (3904 - 2432) + 512)
+    # per layer; the backward recomputes the rest of one layer's `none` set, 4160 − 2432
+    assert acts["dots_saveable"]["layers"] == 2 * 16 * (2 * 2432 + (4160 - 2432) + 512)
 
 
 def test_device_memory_bytes():
