@@ -69,7 +69,8 @@ def stage_plan(cfg, stage_cfg, mesh_shape: dict, model_config: dec.DecoderConfig
     pair_len = data.max_prompt_len + data.max_response_len
     fused = (platform == "gpu" and getattr(config, "attention", "") == "dot_product"
              and jnp.dtype(config.dtype).itemsize == 2)
-    common = dict(mesh_shape=mesh_shape, fused_attention=fused, stage=stage_cfg.name)
+    common = dict(mesh_shape=mesh_shape, fused_attention=fused, stage=stage_cfg.name,
+                  remat=cfg.get("remat", None))  # None: the DecoderConfig's (or "none")
     if kind == "onpolicy":
         P, N = stage_cfg.prompts_per_iteration, stage_cfg.samples_per_prompt
         updates = stage_cfg.num_iterations * stage_cfg.reuse * (P // stage_cfg.minibatch_prompts)
@@ -121,7 +122,8 @@ def dry_run_report(config, devices, *, model_config: dec.DecoderConfig | None = 
 
 def check_stage_fits(cfg, stage_cfg, mesh, model_config) -> mp.MemoryPlan:
     """Print the stage's plan (process 0) and raise MemoryPlanError when it cannot fit the
-    first device's memory; call before the stage's first compile."""
+    first device's memory; call before the stage's first compile. `model_config` is the BASE
+    model's (`llm.models.load_base(cfg.model)[0]`): stage trunks are applied here."""
     mesh_shape = {a: int(mesh.shape[a]) for a in shd.MESH_AXES}
     device = mesh.devices.flat[0]
     plan = stage_plan(cfg, stage_cfg, mesh_shape, model_config, platform=device.platform)

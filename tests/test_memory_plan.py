@@ -3,6 +3,9 @@ hand-computed sharded sizes, the 7B plan, the error naming the biggest item, the
 
 import dataclasses
 import functools
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +18,7 @@ from llm.dry_run import dry_run_report, model_config_only
 from modeseek import decoder as dec
 
 ONE = dict(data=1, fsdp=1, tensor=1)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _xla_memory(config, batch, length, optimizer):
@@ -203,3 +207,29 @@ def test_dry_run_report_tiny_config():
     assert model_config_only("tiny") == dec.DecoderConfig.tiny(vocab_size=264, max_len=1024)
     with pytest.raises(FileNotFoundError, match="config.model='/no/such/model'"):
         model_config_only("/no/such/model")
+
+
+def test_dry_run_mistral_on_8_simulated_devices():
+    """configs/llm.py:mistral_ultrafeedback's dry run on 8 CPU devices (mesh fsdp=-1, tensor=4
+    -> fsdp 2 × tensor 4) with Mistral-7B shapes in bfloat16 and an 80 GiB device limit."""
+    script = (
+        "import jax\n"
+        "from configs.llm import get_config\n"
+        "from llm.dry_run import dry_run_report\n"
+        "from modeseek import decoder as dec\n"
+        "model = dec.DecoderConfig.mistral_7b(dtype='bfloat16', param_dtype='bfloat16')\n"
+        "print(dry_run_report(get_config('mistral_ultrafeedback'), jax.devices(),\n"
+        "                     model_config=model, device_bytes=80 * 1024**3))\n")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = out.stdout
+    assert "8 cpu devices, mesh {'data': 1, 'fsdp': 2, 'tensor': 4}" in report
+    assert "7,241.7M parameters" in report
+    for name in ("sft", "reward_model", "offline_dpo", "pref_ft", "onpolicy_dpo"):
+        assert f"({name})" in report
+    # bf16 parameters split 8 ways: 7,241,732,096 · 2 / 8 B = 1.686 GiB on every device
+    assert "parameters             1.686" in report
+    assert "-> fits" in report or "DOES NOT FIT" in report
