@@ -120,14 +120,16 @@ def dry_run_report(config, devices, *, model_config: dec.DecoderConfig | None = 
     return "\n".join(lines)
 
 
-def check_stage_fits(cfg, stage_cfg, mesh, model_config) -> mp.MemoryPlan:
+def check_stage_fits(cfg, stage_cfg, mesh, model_config, *,
+                     device_bytes: int | None = None) -> mp.MemoryPlan:
     """Print the stage's plan (process 0) and raise MemoryPlanError when it cannot fit the
     first device's memory; call before the stage's first compile. `model_config` is the BASE
-    model's (`llm.models.load_base(cfg.model)[0]`): stage trunks are applied here."""
+    model's (`llm.models.load_base(cfg.model)[0]`): stage trunks are applied here.
+    `device_bytes` overrides the device's reported memory (CPU devices report none)."""
     mesh_shape = {a: int(mesh.shape[a]) for a in shd.MESH_AXES}
     device = mesh.devices.flat[0]
     plan = stage_plan(cfg, stage_cfg, mesh_shape, model_config, platform=device.platform)
-    limit = mp.device_memory_bytes(device)
+    limit = device_bytes or mp.device_memory_bytes(device)
     if jax.process_index() == 0:
         print(plan.table(limit), flush=True)
     plan.check(limit)

@@ -198,19 +198,24 @@ class MemoryPlan:
         return {k: getattr(self, k) for k in RESIDENT + UPDATE + GENERATION}
 
     def table(self, device_bytes: int | None = None) -> str:
-        """A printable table: one row per item (GiB, share of the total), then the total."""
+        """A printable table: one row per item (GiB, or MiB below 1 GiB; share of the total;
+        phase, "not at peak" for the phase that does not count), then the total."""
+        unit, scale = ("GiB", GiB) if max(self.total, device_bytes or 0) >= GiB else ("MiB",
+                                                                                    2**20)
         title = f"memory plan per device{f' ({self.stage})' if self.stage else ''}, " \
                 f"remat={self.remat}"
-        rows = [title, f"  {'item':<18}{'GiB':>10}{'share':>8}  phase"]
+        rows = [title, f"  {'item':<18}{unit:>10}{'share':>8}  phase"]
         for name, value in self.items().items():
             phase = ("resident" if name in RESIDENT else "update" if name in UPDATE
                      else "generation")
+            if phase not in ("resident", self.peak_phase):
+                phase += " (not at peak)"
             share = value / self.total if self.total else 0.0
-            rows.append(f"  {name:<18}{value / GiB:>10.3f}{share:>8.1%}  {phase}")
+            rows.append(f"  {name:<18}{value / scale:>10.3f}{share:>8.1%}  {phase}")
         if self.logits:
-            rows.append(f"  {'(of which logits)':<18}{self.logits / GiB:>10.3f}")
-        limit = f" of {device_bytes / GiB:.1f} GiB" if device_bytes else ""
-        rows.append(f"  {'total':<18}{self.total / GiB:>10.3f}{'':>8}  "
+            rows.append(f"  {'(of which logits)':<18}{self.logits / scale:>10.3f}")
+        limit = f" of {device_bytes / scale:.1f} {unit}" if device_bytes else ""
+        rows.append(f"  {'total':<18}{self.total / scale:>10.3f}{'':>8}  "
                     f"resident + {self.peak_phase}{limit}")
         return "\n".join(rows)
 

@@ -14,7 +14,8 @@ import pytest
 import modeseek
 from configs.llm import get_config
 from llm import memory_plan as mp
-from llm.dry_run import dry_run_report, model_config_only
+from llm import sharding as shd
+from llm.dry_run import check_stage_fits, dry_run_report, model_config_only
 from modeseek import decoder as dec
 
 ONE = dict(data=1, fsdp=1, tensor=1)
@@ -136,6 +137,7 @@ def test_mistral_7b_on_8_way_fsdp_by_hand():
     plan.check(80 * mp.GiB)
     table = plan.table(80 * mp.GiB)
     assert "activations" in table and "of 80.0 GiB" in table and "remat=full" in table
+    assert "kv_cache" in table and "generation (not at peak)" in table
 
 
 def test_error_names_biggest_item_and_knob():
@@ -233,3 +235,17 @@ def test_dry_run_mistral_on_8_simulated_devices():
     # bf16 parameters split 8 ways: 7,241,732,096 · 2 / 8 B = 1.686 GiB on every device
     assert "parameters             1.686" in report
     assert "-> fits" in report or "DOES NOT FIT" in report
+
+
+def test_check_stage_fits_prints_and_raises(capsys):
+    cfg = get_config("tiny")
+    mesh = shd.make_mesh(1, 1, 1)
+    base = model_config_only("tiny")
+    plan = check_stage_fits(cfg, cfg.stages.onpolicy_dpo, mesh, base)  # CPU: no limit known
+    printed = capsys.readouterr().out
+    assert "memory plan per device (onpolicy_dpo)" in printed and "MiB" in printed
+    assert plan.reference_model == plan.parameters > 0 and plan.kv_cache > 0
+    # the reward model is the reward_model stage's scalar model (decoder + float32 head)
+    assert plan.reward_model > plan.parameters
+    with pytest.raises(mp.MemoryPlanError, match="stage onpolicy_dpo: .*biggest item"):
+        check_stage_fits(cfg, cfg.stages.onpolicy_dpo, mesh, base, device_bytes=1024)
