@@ -2,8 +2,8 @@
 or allocating a parameter.
 
     print(dry_run_report(cfg, jax.devices()))        # cfg: a configs/llm.py ConfigDict
-    plan = stage_plan(cfg, stage_cfg, mesh_shape, model_config, platform="gpu")
-    plan.check(device_memory_bytes())                 # before a stage's first compile
+    plan = stage_plan(cfg, stage_cfg, mesh_shape, base_config, platform="gpu")
+    check_stage_fits(cfg, stage_cfg, mesh, base_config)  # prints; MemoryPlanError if too big
 
 What each stage kind keeps on a device (global rows are divided over data × fsdp):
   sft           the policy; rows = batch_size, length = max_prompt_len + max_response_len;
