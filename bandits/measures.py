@@ -55,14 +55,16 @@ def run_measures(reward_curve, entropy_curve, queries_curve, *, eval_every, max_
 
 
 def values(records, key):
-    """The measure `key` of each record as floats, None (never reached) as +∞."""
-    return np.array([np.inf if r[key] is None else r[key] for r in records], np.float64)
+    """The measure `key` of each record as floats: None (never reached) as +∞, a measure the
+    run is too short for (reward@200 of a 100-step run) as nan."""
+    return np.array([np.nan if key not in r else np.inf if r[key] is None else r[key]
+                     for r in records], np.float64)
 
 
 def median_iqr(x):
     """(median, 25th percentile, 75th percentile); +∞ entries sort last."""
     x = np.sort(np.asarray(x, np.float64))
-    if not x.size:
+    if not x.size or np.isnan(x).any():
         return (np.nan, np.nan, np.nan)
     # np.percentile interpolates (∞ − ∞ = nan); take order statistics with "lower"/"higher".
     q = lambda p, m: float(np.percentile(x, p, method=m))  # noqa: E731

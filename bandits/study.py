@@ -166,6 +166,14 @@ def plan_ablations(config, best):
     return out
 
 
+def enable_compilation_cache(path):
+    """JAX's persistent compilation cache under `path` (a second identical study skips the
+    compile). Set before the first compile."""
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def _mesh(num_devices):
     devices = jax.devices()
     n = len(devices) if num_devices == 0 else min(num_devices, len(devices))

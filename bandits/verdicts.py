@@ -80,10 +80,13 @@ def compare(records, best, reward, a, b, measure, *, study="main"):
 
 def finding_label(pair_labels):
     """A finding made of several comparisons: held if all held, did not hold if none held at
-    any step size, else 'held for K of P comparisons'."""
+    any step size, else 'held for K of P comparisons, partly (some step sizes) for J'."""
     held = sum(lbl == "held" for lbl in pair_labels)
+    failed = sum(lbl == "did not hold" for lbl in pair_labels)
     if held == len(pair_labels):
         return "held"
-    if all(lbl == "did not hold" for lbl in pair_labels):
+    if failed == len(pair_labels):
         return "did not hold"
-    return f"held for {held} of {len(pair_labels)} comparisons (others partly)"
+    partly = len(pair_labels) - held - failed
+    return (f"held for {held} of {len(pair_labels)} comparisons"
+            + (f", partly (some step sizes) for {partly}" if partly else ""))
