@@ -101,17 +101,23 @@ def validate(config):
             _fail(f"{abl}.grid", f"must be integers >= 1, got {tuple(a.grid)}")
 
 
-def make_setup(config):
-    names = []
-    for methods in config.methods.values():
-        names += [n for n in methods if n not in names]
-    biggest = max(config.offline_prompts, config.onpolicy_prompts,
-                  config.minibatch_prompts * max(config.batch_ablation.grid))
+def make_setup(config, *, stale=False):
+    """The main program (every method; on-policy B = M) or, with `stale`, the batch-ablation
+    program (its methods only; on-policy B up to M · max B/M, π_old kept per round)."""
+    if stale:
+        names = tuple(config.batch_ablation.algorithms)
+        biggest = config.minibatch_prompts * max(config.batch_ablation.grid)
+    else:
+        names = []
+        for methods in config.methods.values():
+            names += [n for n in methods if n not in names]
+        biggest = max(config.offline_prompts, config.onpolicy_prompts)
     return BanditSetup(algorithms=tuple(names), num_steps=config.num_steps, policy=config.policy,
                        max_prompts_per_batch=biggest, minibatch_prompts=config.minibatch_prompts,
                        samples_per_prompt=config.samples_per_prompt,
                        eval_prompts=config.eval_prompts, eval_every=config.eval_every,
-                       reference=config.reference, pi_star_beta=config.pi_star_beta)
+                       reference=config.reference, pi_star_beta=config.pi_star_beta,
+                       stale_batches=stale)
 
 
 def _record(config, study, algorithm, reward, seed, role, lr, *, reuse=None, prompts=None):
@@ -181,16 +187,19 @@ def _mesh(num_devices):
 
 
 class Runner:
-    """Compiles the study's program once and runs tables of records through it."""
+    """Compiles the study's program once and runs tables of records through it.
 
-    def __init__(self, setup: BanditSetup, *, chunk_size=16, devices=0):
+    Each call runs `chunk_size` runs per device (the run axis split over the devices), so the
+    per-device program, and with it every run's numbers, is the same on 1 or 2 devices.
+    Different chunk sizes change XLA's vectorisation and so the last float bits, which a
+    chaotic run (a sample flipping) can amplify."""
+
+    def __init__(self, setup: BanditSetup, *, chunk_size=8, devices=0):
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"config.chunk_size: must be an integer >= 1, got {chunk_size!r}")
         self.setup = setup
         self.mesh = _mesh(devices)
-        n = self.mesh.devices.size
-        if chunk_size % n:
-            raise ValueError(f"config.chunk_size ({chunk_size}) must be a multiple of the "
-                             f"{n} devices used")
-        self.chunk_size = chunk_size
+        self.chunk_size = chunk_size * self.mesh.devices.size
         self.sharding = NamedSharding(self.mesh, PartitionSpec("runs"))
         self._init = jax.jit(jax.vmap(make_init(setup)))
         self._train = jax.jit(jax.vmap(make_train(setup)))
@@ -225,11 +234,15 @@ class Runner:
 
     def run(self, runs, progress=None):
         """Curves {name: [R, K]} and all outputs {name: [R, ...]} of `runs`, in order."""
+        m = self.setup.minibatch_prompts
         for r in runs:
-            if r["prompts_per_batch"] > self.setup.max_prompts_per_batch:
-                raise ValueError(f"run {r['algorithm']}: prompts_per_batch "
-                                 f"{r['prompts_per_batch']} > the program's B_max "
-                                 f"{self.setup.max_prompts_per_batch}")
+            b = r["prompts_per_batch"]
+            if b > self.setup.max_prompts_per_batch or b % m:
+                raise ValueError(f"run {r['algorithm']}: prompts_per_batch {b} must be a "
+                                 f"multiple of {m} up to {self.setup.max_prompts_per_batch}")
+            if r["on_policy"] and b != m and not self.setup.stale_batches:
+                raise ValueError(f"run {r['algorithm']}: on-policy B = {b} > M = {m} needs a "
+                                 "setup with stale_batches=True")
         size = self.chunk_size
         padded = runs + [runs[-1]] * (-len(runs) % size)
         outputs = []
@@ -265,29 +278,39 @@ def summarise(records, curves, outputs, setup):
 
 
 def run_study(config, *, progress=None):
-    """Run the whole study: main table, lr selection, ablations.
+    """Run the whole study: main table, lr selection, ablations (two compiled programs: the
+    main one, which also runs the reuse ablation, and the batch ablation's).
 
-    Returns (records, curves {study: {name: [R, K]}}, best {(reward, alg): lr}, timings).
+    Returns (records, curves {name: [R, K]}, best {(reward, alg): lr}, timings).
     """
     records = plan_main(config)
-    setup = make_setup(config)
-    runner = Runner(setup, chunk_size=config.chunk_size, devices=config.devices)
     t0 = time.perf_counter()
-    curves_main, out_main = runner.run(records, progress)
-    summarise(records, curves_main, out_main, setup)
+    main = Runner(make_setup(config), chunk_size=config.chunk_size, devices=config.devices)
+    curves_main, out_main = main.run(records, progress)
+    summarise(records, curves_main, out_main, main.setup)
     best = best_learning_rates(records)
     ablations = plan_ablations(config, best)
-    curves_abl, out_abl = runner.run(ablations, progress)
-    summarise(ablations, curves_abl, out_abl, setup)
-    for i, r in enumerate(records):
+    reuse = [r for r in ablations if r["study"] == "reuse"]
+    batch = [r for r in ablations if r["study"] == "batch"]
+    parts = [(records, curves_main)]
+    runners = [main]
+    if reuse:
+        curves, out = main.run(reuse, progress)
+        parts.append((summarise(reuse, curves, out, main.setup), curves))
+    if batch:
+        stale = Runner(make_setup(config, stale=True), chunk_size=config.chunk_size,
+                       devices=config.devices)
+        curves, out = stale.run(batch, progress)
+        parts.append((summarise(batch, curves, out, stale.setup), curves))
+        runners.append(stale)
+    all_records = [r for rs, _ in parts for r in rs]
+    for i, r in enumerate(all_records):
         r["curve_index"] = i
-    for i, r in enumerate(ablations):
-        r["curve_index"] = len(records) + i
-    curves = {k: np.concatenate([curves_main[k], curves_abl[k]]) for k in CURVES}
-    timings = dict(runner.timings, wall_s=time.perf_counter() - t0,
-                   runs=len(records) + len(ablations), devices=int(runner.mesh.devices.size),
-                   chunk_size=config.chunk_size)
-    return records + ablations, curves, best, timings
+    curves = {k: np.concatenate([c[k] for _, c in parts]) for k in CURVES}
+    timings = {k: sum(r.timings[k] for r in runners) for k in main.timings}
+    timings.update(wall_s=time.perf_counter() - t0, runs=len(all_records), programs=len(runners),
+                   devices=int(main.mesh.devices.size), chunk_size=config.chunk_size)
+    return all_records, curves, best, timings
 
 
 def save(out, records, curves, best, timings):

@@ -53,6 +53,7 @@ class BanditSetup:
     samples_per_prompt: int = 10     # N
     eval_prompts: int = 10           # E
     eval_every: int = 1              # exact metrics every this many steps
+    stale_batches: bool = False      # on-policy runs may use B > M (see make_train)
     sft_steps: int = 100
     sft_learning_rate: float = 0.01
     sft_prompts: int = 100
@@ -140,6 +141,11 @@ def make_train(setup: BanditSetup):
     `prompts_per_batch` (B ≤ B_max, a multiple of M; offline runs: the dataset's prompts), and
     the objective hyperparameters of `modeseek.DEFAULT_HPARAMS`.
 
+    π_old: with `setup.stale_batches` on-policy runs may use B > M and the program keeps a
+    copy of the parameters at each round's start (one more forward and one more pass over the
+    parameters per step); without it on-policy runs must have B = M, and π_old's log-probs on
+    the round's M prompts are kept instead (the caller checks B; see bandits.study.Runner).
+
     Returns a dict of [num_steps / eval_every] curves (metrics after steps eval_every,
     2·eval_every, …; `loss`, `grad_norm`, the pair metrics and `reward_queries` of those steps)
     plus `final_probs` [A] (mean over evaluation prompts).
@@ -162,29 +168,28 @@ def make_train(setup: BanditSetup):
             loss = jax.lax.switch(knobs["algorithm"], objectives, logps, batch, knobs)
         return loss, {"logps": logps}
 
-    def minibatch_indices(key, s_in, minibatches, batch_prompts):
-        """Prompt indices [M] of this step's minibatch: pass ⌊s_in / (B/M)⌋ of the round
-        permutes the B prompts (those ≥ B sort last and are never used)."""
+    def minibatch_indices(key, s_in, minibatches):
+        """Prompt indices [M] of this step's minibatch: the round's B prompts form B/M blocks
+        of M (prompts are iid, so fixed blocks lose nothing), and each pass ⌊s_in / (B/M)⌋
+        visits the blocks in a fresh random order (blocks ≥ B/M sort last, never used)."""
         if B_max == M:
             return jnp.arange(M)
         pass_key = jax.random.fold_in(key, s_in // minibatches)
-        scores = jnp.where(jnp.arange(B_max) < batch_prompts,
-                           jax.random.uniform(pass_key, (B_max,)), 2.0)
-        return jax.lax.dynamic_slice(jnp.argsort(scores), ((s_in % minibatches) * M,), (M,))
+        scores = jnp.where(jnp.arange(B_max // M) < minibatches,
+                           jax.random.uniform(pass_key, (B_max // M,)), 2.0)
+        return jnp.argsort(scores)[s_in % minibatches] * M + jnp.arange(M)
 
-    def draw(round_key, idx, old_params, on_policy, rewards_A):
-        """Prompts idx of the round and their N actions from π_old (on-policy) or π_ref."""
-        k_prompt, k_act = jax.random.split(round_key)
-        prompts = jax.vmap(lambda i: env.sample_prompts(jax.random.fold_in(k_prompt, i), 1)[0]
-                           )(idx)
-        logp = jnp.broadcast_to(ref_logp, (M, ref_logp.shape[0]))
-        if any_on_policy:
-            logp = jnp.where(on_policy,
-                             jax.nn.log_softmax(policy.logits(old_params, prompts), -1), logp)
+    def draw_prompts(round_key, idx):
+        """Prompts idx of the round: U[0,1]^D from fold_in(key, i), [M, D]."""
+        return jax.vmap(lambda i: env.sample_prompts(jax.random.fold_in(round_key, i), 1)[0]
+                        )(idx)
+
+    def draw_samples(round_key, idx, prompts, logp_MxA, rewards_A):
+        """N actions per prompt from the behaviour log-probs, keyed by the prompt's index."""
         actions = jax.vmap(lambda i, lp: modeseek.sample_categorical(
-            jax.random.fold_in(k_act, i), lp, (N,)))(idx, logp)
+            jax.random.fold_in(round_key, i), lp, (N,)))(idx, logp_MxA)
         return {"prompts": prompts, "actions": actions, "rewards": rewards_A[actions],
-                "old_logps": jnp.take_along_axis(logp, actions, -1),
+                "old_logps": jnp.take_along_axis(logp_MxA, actions, -1),
                 "ref_logps": ref_logp[actions]}
 
     def train(key, params0, rewards_A, knobs):
@@ -201,24 +206,32 @@ def make_train(setup: BanditSetup):
                                     setup.num_steps)
 
         def step(carry, s):
-            state, old_params = carry
+            state, behaviour = carry
             s_in = s % steps_per_round
             fresh = s_in == 0
-            if any_on_policy:  # π_old: the policy when this round's batch is drawn
-                old_params = jax.tree.map(lambda p, o: jnp.where(fresh, p, o), state.params,
-                                          old_params)
             round_index = s // steps_per_round
-            idx = minibatch_indices(jax.random.fold_in(k_pass, round_index), s_in, minibatches,
-                                    batch_prompts)
-            minibatch = draw(jax.random.fold_in(k_data, round_index), idx, old_params,
-                             on_policy, rewards_A)
+            idx = minibatch_indices(jax.random.fold_in(k_pass, round_index), s_in, minibatches)
+            k_prompts, k_actions = jax.random.split(jax.random.fold_in(k_data, round_index))
+            prompts = draw_prompts(k_prompts, idx)
+            # π_old(·|prompts): the policy when this round's batch was drawn.
+            logp = jnp.broadcast_to(ref_logp, (M, ref_logp.shape[0]))
+            if any_on_policy and setup.stale_batches:  # keep π_old's parameters
+                behaviour = jax.tree.map(lambda p, o: jnp.where(fresh, p, o), state.params,
+                                         behaviour)
+                logp = jnp.where(on_policy, jax.nn.log_softmax(
+                    policy.logits(behaviour, prompts), -1), logp)
+            elif any_on_policy:  # B = M: the same prompts all round; keep π_old's log-probs
+                behaviour = jnp.where(fresh, jax.nn.log_softmax(
+                    policy.logits(state.params, prompts), -1), behaviour)
+                logp = jnp.where(on_policy, behaviour, logp)
+            minibatch = draw_samples(k_actions, idx, prompts, logp, rewards_A)
             state, step_metrics = train_step(state, minibatch, None)
             # Winner/loser log-ratios of the minibatch's ranked pairs, before this step.
             pairs = ranked_pairs_mask(minibatch["rewards"], threshold=knobs["threshold"])
             metrics = pair_logratio_metrics(step_metrics["logps"], minibatch["ref_logps"], pairs)
             metrics.update(loss=step_metrics["loss"], grad_norm=step_metrics["grad_norm"],
                            fresh_batch=fresh)
-            return (state, old_params), metrics
+            return (state, behaviour), metrics
 
         def block(carry, b):
             carry, metrics = jax.lax.scan(step, carry, b * setup.eval_every
@@ -233,7 +246,8 @@ def make_train(setup: BanditSetup):
 
         state = modeseek.init_train_state(params0, tx)
         num_blocks = setup.num_steps // setup.eval_every
-        (state, _), metrics = jax.lax.scan(block, (state, params0), jnp.arange(num_blocks))
+        behaviour = params0 if setup.stale_batches else jnp.zeros((M, ref_logp.shape[0]))
+        (state, _), metrics = jax.lax.scan(block, (state, behaviour), jnp.arange(num_blocks))
         # Reward queries so far: B·N per freshly drawn batch (the whole dataset, offline).
         metrics.pop("fresh_batch")
         metrics["reward_queries"] = jnp.cumsum(metrics.pop("new_batches")) * (batch_prompts * N)

@@ -54,7 +54,7 @@ def get_config(arg: str = ""):
     c.onpolicy_prompts = 10         # B of the main study (T = the taxonomy's reuse)
     c.offline_prompts = 100         # the offline dataset: 100 prompts × N samples from π_ref
     c.pi_star_beta = 0.1            # β of π* ∝ π_ref·exp(r/β), for the KL-to-optimum metrics
-    c.chunk_size = 16               # runs per compiled call (a multiple of the devices)
+    c.chunk_size = 8                # runs per device per compiled call
     c.devices = 2                   # host CPU devices the run table is split over (0: all)
     c.hparams = ml_collections.ConfigDict(dict(
         beta=1.0, tau=0.05, threshold=0.0, label_smoothing=0.0, clip_eps=0.2, kl_coef=0.0,
