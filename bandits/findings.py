@@ -9,8 +9,6 @@ gradient steps to 0.9 (hurt); 2 and 3 reward at step 100; 4 the spread of final 
 
 from __future__ import annotations
 
-import numpy as np
-
 from bandits import ceilings, env, measures, verdicts
 from bandits.measures import fmt, fmt_median_iqr
 
@@ -96,18 +94,20 @@ def findings(records, curves, best, config):
                      verdicts.finding_label(labels) + most,
                      f"final reward (step {config.num_steps}), {low}", lines))
 
-    for study, knob, name in (("batch", "prompts_per_batch", "1b"), ("reuse", "reuse", "1c")):
+    for study, knob in (("batch", "prompts_per_batch"), ("reuse", "reuse")):
         rs = _sel(records, study=study)
         if not rs:
             continue
         algs = sorted({r["algorithm"] for r in rs})
         grid = sorted({r[knob] for r in rs})
+        m = config.minibatch_prompts
         lines, held = [], []
         for alg in algs:
             cells = {v: _sel(rs, algorithm=alg, **{knob: v}) for v in grid}
+            steps = lambda c: fmt_median_iqr(measures.values(c, "steps_to_0.9"), 0)  # noqa
+            queries = lambda c: fmt_median_iqr(measures.values(c, "queries_to_0.9"), 0)  # noqa
             lines.append(f"{alg}: " + "; ".join(
-                f"{_knob_name(knob, v)}: steps {fmt_median_iqr(measures.values(c, 'steps_to_0.9'), 0)}, "
-                f"queries {fmt_median_iqr(measures.values(c, 'queries_to_0.9'), 0)}, "
+                f"{_knob_name(knob, v, m)}: steps {steps(c)}, queries {queries(c)}, "
                 f"r@50 {fmt(_median(c, 'reward@50'))}, stuck {_stuck(c)}"
                 for v, c in cells.items()))
             for a_v, b_v, measure in _ablation_claims(study, alg, grid):
@@ -115,7 +115,8 @@ def findings(records, curves, best, config):
                 vb = _ablation_values(rs, study, alg, knob, b_v, measure)
                 w = verdicts.wins(va, vb, measure)
                 held.append(w)
-                lines.append(f"{alg}: {_knob_name(knob, a_v)} beats {_knob_name(knob, b_v)} by "
+                lines.append(f"{alg}: {_knob_name(knob, a_v, m)} beats "
+                             f"{_knob_name(knob, b_v, m)} by "
                              f"{measure}: {'✓' if w else '✗'}")
         verdict = ("not judged (the grid lacks the compared values)" if not held
                    else "held" if all(held) else "did not hold" if not any(held)
@@ -158,8 +159,8 @@ def findings(records, curves, best, config):
     return rows
 
 
-def _knob_name(knob, v):
-    return f"B/M={v // 10}" if knob == "prompts_per_batch" else f"T={v}"
+def _knob_name(knob, v, m=10):
+    return f"B/M={v // m}" if knob == "prompts_per_batch" else f"T={v}"
 
 
 def _ablation_claims(study, alg, grid):

@@ -69,7 +69,7 @@ def validate(config):
         _fail("methods", "needs at least one reward")
     for reward, names in config.methods.items():
         if reward not in env.REWARDS:
-            close = difflib.get_close_matches(reward, env.REWARDS, 1)
+            close = difflib.get_close_matches(reward, env.REWARDS, 1, 0.5)
             _fail(f"methods.{reward}", f"unknown reward; known: {', '.join(env.REWARDS)}"
                   + (f" (did you mean {close[0]!r}?)" if close else ""))
         for name in names:
@@ -77,15 +77,19 @@ def validate(config):
                 modeseek.get_algorithm(name)
             except ValueError as e:
                 _fail(f"methods.{reward}", str(e))
-    for name in ("beta", "tau", "rwr_beta", "clip_eps"):
-        if not config.hparams[name] > 0:
-            _fail(f"hparams.{name}", f"must be > 0, got {config.hparams[name]}")
+    _check_hparams("hparams", dict(config.hparams))
     for name, over in config.overrides.items():
-        modeseek.get_algorithm(name)
+        try:
+            modeseek.get_algorithm(name)
+        except ValueError as e:
+            _fail(f"overrides.{name}", str(e))
         for key in over:
             if key not in config.hparams:
+                close = difflib.get_close_matches(key, config.hparams, 1)
                 _fail(f"overrides.{name}.{key}", f"unknown hyperparameter; known: "
-                      f"{', '.join(config.hparams)}")
+                      f"{', '.join(config.hparams)}"
+                      + (f" (did you mean {close[0]!r}?)" if close else ""))
+        _check_hparams(f"overrides.{name}", dict(over))
     for abl in ("reuse_ablation", "batch_ablation"):
         a = config[abl]
         if a.reward not in config.methods:
@@ -99,6 +103,22 @@ def validate(config):
                       "(its best lr is chosen there)")
         if not a.grid or any(not isinstance(v, int) or v < 1 for v in a.grid):
             _fail(f"{abl}.grid", f"must be integers >= 1, got {tuple(a.grid)}")
+
+
+_HPARAM_RULES = {  # name -> (test, requirement)
+    "beta": (lambda v: v > 0, "> 0"), "tau": (lambda v: v > 0, "> 0"),
+    "rwr_beta": (lambda v: v > 0, "> 0"), "clip_eps": (lambda v: v > 0, "> 0"),
+    "weight_clip": (lambda v: v > 0, "> 0"), "threshold": (lambda v: v >= 0, ">= 0"),
+    "kl_coef": (lambda v: v >= 0, ">= 0"), "negative_coef": (lambda v: v >= 0, ">= 0"),
+    "label_smoothing": (lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+}
+
+
+def _check_hparams(prefix, hp):
+    for name, value in hp.items():
+        test, requirement = _HPARAM_RULES.get(name, (lambda v: True, ""))
+        if not isinstance(value, (int, float)) or not test(value):
+            _fail(f"{prefix}.{name}", f"must be {requirement or 'a number'}, got {value!r}")
 
 
 def make_setup(config, *, stale=False):
@@ -186,6 +206,25 @@ def _mesh(num_devices):
     return Mesh(np.array(devices[:n]), ("runs",))
 
 
+_INIT = {}  # (policy, reference, SFT settings) -> (jitted vmapped init, {seed: params})
+
+
+def initial_params(setup: BanditSetup, seed_list):
+    """The policy at π_ref for each seed (stacked along a leading run axis). SFT runs once per
+    seed and is shared by every run and program with the same policy and SFT settings."""
+    key = (setup.policy, setup.reference, setup.sft_steps, setup.sft_learning_rate,
+           setup.sft_prompts)
+    if key not in _INIT:
+        _INIT[key] = (jax.jit(jax.vmap(make_init(setup))), {})
+    init, cache = _INIT[key]
+    missing = sorted(set(seed_list) - set(cache))
+    if missing:
+        params, _ = jax.device_get(init(jax.vmap(jax.random.key)(jnp.asarray(missing))))
+        for i, s in enumerate(missing):
+            cache[s] = jax.tree.map(lambda x, i=i: x[i], params)
+    return jax.tree.map(lambda *xs: np.stack(xs), *[cache[s] for s in seed_list])
+
+
 class Runner:
     """Compiles the study's program once and runs tables of records through it.
 
@@ -201,22 +240,15 @@ class Runner:
         self.mesh = _mesh(devices)
         self.chunk_size = chunk_size * self.mesh.devices.size
         self.sharding = NamedSharding(self.mesh, PartitionSpec("runs"))
-        self._init = jax.jit(jax.vmap(make_init(setup)))
         self._train = jax.jit(jax.vmap(make_train(setup)))
         self._compiled = None
-        self._params = {}
         self.timings = dict(compile_s=0.0, run_s=0.0, sft_s=0.0, run_steps=0)
 
     def _initial_params(self, seed_list):
-        missing = sorted(set(seed_list) - set(self._params))
-        if missing:
-            t0 = time.perf_counter()
-            keys = jax.vmap(jax.random.key)(jnp.asarray(missing))
-            params, _ = jax.device_get(self._init(keys))
-            for i, s in enumerate(missing):
-                self._params[s] = jax.tree.map(lambda x, i=i: x[i], params)
-            self.timings["sft_s"] += time.perf_counter() - t0
-        return jax.tree.map(lambda *xs: np.stack(xs), *[self._params[s] for s in seed_list])
+        t0 = time.perf_counter()
+        params = initial_params(self.setup, seed_list)
+        self.timings["sft_s"] += time.perf_counter() - t0
+        return params
 
     def _args(self, runs):
         index = {name: i for i, name in enumerate(self.setup.algorithms)}

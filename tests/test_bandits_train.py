@@ -116,11 +116,17 @@ def test_central_finding_on_r1():
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("methods.R7", ("onpolicy_ipo",), r"config.methods.R7: unknown reward.*did you mean 'R1'"),
+    ("methods.R7", ("onpolicy_ipo",), r"config.methods.R7: unknown reward.*did you mean 'R"),
     ("methods.R1", ("onpolicy_ipo", "dpo_typo"), "config.methods.R1: unknown algorithm"),
     ("lr_grid", (1e-2, -1.0), "config.lr_grid: must be a non-empty tuple of values > 0"),
     ("hparams.beta", 0.0, "config.hparams.beta: must be > 0"),
     ("hparams.tau", -0.1, "config.hparams.tau: must be > 0"),
+    ("hparams.threshold", -0.1, "config.hparams.threshold: must be >= 0"),
+    ("hparams.label_smoothing", 0.5, r"config.hparams.label_smoothing: must be in \[0, 0.5\)"),
+    ("hparams.weight_clip", 0.0, "config.hparams.weight_clip: must be > 0"),
+    ("overrides.offline_ipo", {"threshold": -1.0},
+     "config.overrides.offline_ipo.threshold: must be >= 0"),
+    ("overrides.ipo_typo", {"threshold": 0.1}, "config.overrides.ipo_typo: unknown algorithm"),
     ("chunk_size", 0, "config.chunk_size: must be an integer >= 1, got 0"),
     ("chunk_size", -3, "config.chunk_size: must be an integer >= 1, got -3"),
     ("devices", -1, "config.devices: must be an integer >= 0"),
@@ -137,7 +143,8 @@ def test_central_finding_on_r1():
     ("reuse_ablation.algorithms", ("offline_dpo",), "offline_dpo is not on-policy"),
     ("reuse_ablation.algorithms", ("rloo",), "rloo must also be in config.methods.R1"),
     ("batch_ablation.reward", "R2x", "config.batch_ablation.reward: must be one of"),
-    ("overrides.offline_ipo", {"treshold": 0.2}, "config.overrides.offline_ipo.treshold"),
+    ("overrides.offline_ipo", {"treshold": 0.2},
+     "config.overrides.offline_ipo.treshold: unknown hyperparameter.*did you mean 'threshold'"),
 ])
 def test_bad_config_fails_before_compiling(field, value, message):
     cfg = bandit_config.get_config("smoke")
