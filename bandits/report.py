@@ -120,8 +120,13 @@ def write_report(path, records, curves, best, config, timings):
         lines += _method_table(records, best, reward, config) + [""]
     lines += ["## Mode-covering ceilings (exact, bandits/ceilings.py)", ""]
     lines += _ceiling_table(records, best, config) + [""]
+    top = [f"{rw}/{a}" for (rw, a), lr in sorted(best.items()) if lr == max(config.lr_grid)]
+    edge = ([f"{len(top)} of {len(best)} methods chose the largest lr of the grid "
+             f"({max(config.lr_grid):g}): {', '.join(top)}. Their best step size may lie above "
+             "the grid; the matched-lr verdicts below it still hold as stated.", ""]
+            if top else [])
     lines += ["## Learning-rate selection (median mean reward over training, selection seeds)",
-              ""] + _lr_table(records, best, config) + [""]
+              ""] + edge + _lr_table(records, best, config) + [""]
     lines += ["## Stuck runs", ""] + _stuck_runs(records) + [""]
     lines += ["## Against the authors' code (PAPER.md §4: their MLP, seed 1, sampled "
               "evaluation reward, 21-step running mean, 1,500 steps)", "",

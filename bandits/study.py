@@ -209,9 +209,10 @@ def _mesh(num_devices):
 _INIT = {}  # (policy, reference, SFT settings) -> (jitted vmapped init, {seed: params})
 
 
-def initial_params(setup: BanditSetup, seed_list):
+def initial_params(setup: BanditSetup, seed_list, sharding=None):
     """The policy at π_ref for each seed (stacked along a leading run axis). SFT runs once per
-    seed and is shared by every run and program with the same policy and SFT settings."""
+    seed, in one call for all new seeds (split over `sharding`'s devices), and is shared by
+    every run and program with the same policy and SFT settings."""
     key = (setup.policy, setup.reference, setup.sft_steps, setup.sft_learning_rate,
            setup.sft_prompts)
     if key not in _INIT:
@@ -219,7 +220,12 @@ def initial_params(setup: BanditSetup, seed_list):
     init, cache = _INIT[key]
     missing = sorted(set(seed_list) - set(cache))
     if missing:
-        params, _ = jax.device_get(init(jax.vmap(jax.random.key)(jnp.asarray(missing))))
+        n = 1 if sharding is None else sharding.mesh.devices.size
+        padded = missing + missing[-1:] * (-len(missing) % n)
+        keys = jax.vmap(jax.random.key)(jnp.asarray(padded))
+        if sharding is not None:
+            keys = jax.device_put(keys, sharding)
+        params, _ = jax.device_get(init(keys))
         for i, s in enumerate(missing):
             cache[s] = jax.tree.map(lambda x, i=i: x[i], params)
     return jax.tree.map(lambda *xs: np.stack(xs), *[cache[s] for s in seed_list])
@@ -246,7 +252,7 @@ class Runner:
 
     def _initial_params(self, seed_list):
         t0 = time.perf_counter()
-        params = initial_params(self.setup, seed_list)
+        params = initial_params(self.setup, seed_list, self.sharding)
         self.timings["sft_s"] += time.perf_counter() - t0
         return params
 
@@ -275,6 +281,7 @@ class Runner:
             if r["on_policy"] and b != m and not self.setup.stale_batches:
                 raise ValueError(f"run {r['algorithm']}: on-policy B = {b} > M = {m} needs a "
                                  "setup with stale_batches=True")
+        self._initial_params(sorted({r["seed"] for r in runs}))  # every seed's SFT at once
         size = self.chunk_size
         padded = runs + [runs[-1]] * (-len(runs) % size)
         outputs = []
