@@ -29,16 +29,21 @@ def make_mlp():
 
 
 def run(steps: int, style: str, *, tau=0.05, lr=3e-3, reuse=15, eval_every=1,
-        eval_prompts=100):
-    """Seconds per gradient step of one run."""
+        eval_prompts=100, threads=1):
+    """Seconds per gradient step of one run (after one untimed warm-up step). One thread by
+    default: at these sizes more threads only add synchronisation, and on a shared machine they
+    spin against other jobs."""
+    torch.set_num_threads(threads)
     ref_logp = torch.tensor(np.log(env.reference_policy()), dtype=torch.float32)
     rewards = torch.tensor(env.reward_table("R1"), dtype=torch.float32)
     model = make_mlp()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     eval_x = torch.rand(eval_prompts, 100)
     target = 1.0 / (2.0 * tau)
-    t0 = time.perf_counter()
-    for step in range(steps):
+    t0 = None
+    for step in range(steps + 1):
+        if step == 1:
+            t0 = time.perf_counter()
         if step % reuse == 0:
             prompts = torch.rand(10, 100)
             with torch.no_grad():
