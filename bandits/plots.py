@@ -24,6 +24,16 @@ def _band(curves, rs, x_name, eval_every):
     return x, med, lo, hi
 
 
+def _reward_axes(ax, x_name):
+    """Shared styling: x = gradient steps (linear) or reward queries (log); y = reward."""
+    ax.set_xlabel("gradient steps" if x_name == "steps" else "reward queries")
+    if x_name != "steps":
+        ax.set_xscale("log")
+    ax.set_ylabel("expected reward (exact), median & IQR")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+
+
 def _finish(fig, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -49,12 +59,7 @@ def reward_curves(records, curves, best, config, path, *, x_name="steps"):
             if alg in ceil:
                 ax.axhline(ceil[alg][1], color=color, linestyle=":", linewidth=1.5)
         ax.set_title(f"{reward}: peak at {env.REWARDS[reward][0]} (dotted: exact ceilings)")
-        ax.set_xlabel("gradient steps" if x_name == "steps" else "reward queries")
-        if x_name != "steps":
-            ax.set_xscale("log")
-        ax.set_ylabel("expected reward (exact), median & IQR")
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
+        _reward_axes(ax, x_name)
         ax.legend(fontsize=6.5, loc="lower right", ncol=2,
                   title="solid: on-policy; thick: negative gradient", title_fontsize=7)
     _finish(fig, path)
@@ -77,12 +82,7 @@ def ablation(records, curves, study, knob, config, path):
                 ax.plot(x, med, color=COLORS[2 * k], label=name)
                 ax.fill_between(x, lo, hi, color=COLORS[2 * k], alpha=0.1)
             ax.set_title(f"{alg} on {sel[0]['reward']}, lr {sel[0]['learning_rate']:g}")
-            ax.set_xlabel("gradient steps" if x_name == "steps" else "reward queries")
-            if x_name != "steps":
-                ax.set_xscale("log")
-            ax.set_ylabel("expected reward, median & IQR")
-            ax.set_ylim(0, 1.02)
-            ax.grid(alpha=0.3)
+            _reward_axes(ax, x_name)
             ax.legend(fontsize=7)
     _finish(fig, path)
 
