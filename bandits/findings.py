@@ -45,10 +45,11 @@ def _comparison_row(name, res, measure, a, b, records, reward):
     matched = "; ".join(f"{lr:g}: {med(xa)} vs {med(xb)} {'✓' if w else '✗'} (stuck "
                         f"{stuck(a, lr)} vs {stuck(b, lr)})"
                         for lr, (w, xa, xb) in res["matched"].items())
-    return (f"{name}: {a} {fmt_median_iqr(va, digits)} (lr {lr_a:g}, stuck {stuck(a, lr_a)}) "
-            f"vs {b} {fmt_median_iqr(vb, digits)} (lr {lr_b:g}, stuck {stuck(b, lr_b)}) → "
-            f"{'✓' if ok else '✗'} at best lrs; matched lrs (medians) {matched} → "
-            f"**{res['label']}**")
+    reason = "" if ok else f" ({verdicts.why_not(va, vb, measure)})"
+    return (f"{name} ({measure}): {a} {fmt_median_iqr(va, digits)} (lr {lr_a:g}, stuck "
+            f"{stuck(a, lr_a)}) vs {b} {fmt_median_iqr(vb, digits)} (lr {lr_b:g}, stuck "
+            f"{stuck(b, lr_b)}) → {'✓' if ok else '✗'} at best lrs{reason}; matched lrs "
+            f"(medians) {matched} → **{res['label']}**")
 
 
 def _pairs(records, best, reward, pairs, measure=None):
@@ -127,8 +128,8 @@ def findings(records, curves, best, config):
                 w = verdicts.wins(va, vb, measure)
                 held.append(w)
                 lines.append(f"{alg}: {_knob_name(knob, a_v, m)} beats "
-                             f"{_knob_name(knob, b_v, m)} by "
-                             f"{measure}: {'✓' if w else '✗'}")
+                             f"{_knob_name(knob, b_v, m)} by {measure}: "
+                             + ("✓" if w else f"✗ ({verdicts.why_not(va, vb, measure)})"))
         verdict = ("not judged (the grid lacks the compared values)" if not held
                    else "held" if all(held) else "did not hold" if not any(held)
                    else f"held for {sum(held)} of {len(held)} comparisons")

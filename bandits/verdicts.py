@@ -36,10 +36,24 @@ def paired_difference(a, b, higher_is_better):
     return np.where(np.isnan(d), 0.0, d)
 
 
+def advantage(a, b, measure):
+    """Median over seeds of A's paired advantage over B on `measure` (> 0: A better)."""
+    return float(np.median(paired_difference(a, b, MEASURES[measure][0])))
+
+
 def wins(a, b, measure):
     """True when A beats B on `measure` (median paired advantage > the measure's margin)."""
-    higher, margin = MEASURES[measure]
-    return bool(np.median(paired_difference(a, b, higher)) > margin)
+    return advantage(a, b, measure) > MEASURES[measure][1]
+
+
+def why_not(a, b, measure):
+    """Why "A beats B" failed: a tie within the margin, or B ahead."""
+    adv, margin = advantage(a, b, measure), MEASURES[measure][1]
+    if adv > margin:
+        return ""
+    if adv >= -margin:
+        return f"tie: median paired advantage {adv:+g} within ±{margin:g}"
+    return f"reversed: B ahead by a median paired {-adv:g}"
 
 
 def label(best_held, matched):

@@ -68,6 +68,11 @@ def test_paired_wins():
     assert verdicts.wins([50, 60, 70], [80, 90, inf], "steps_to_0.9")
     assert not verdicts.wins([inf, inf, inf], [inf, inf, inf], "steps_to_0.9")
     assert not verdicts.wins([50, 60, 70], [52, 63, 74], "steps_to_0.9")  # within 5 steps
+    assert verdicts.why_not(a, a - 0.01, "final_reward") == (
+        "tie: median paired advantage +0.01 within ±0.02")
+    assert verdicts.why_not([50, 60, 70], [30, 40, 50], "steps_to_0.9") == (
+        "reversed: B ahead by a median paired 20")
+    assert verdicts.why_not(a, a - 0.05, "final_reward") == ""
     with pytest.raises(ValueError, match="one value per seed"):
         verdicts.wins([1.0, 2.0], [1.0], "final_reward")
 
