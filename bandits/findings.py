@@ -136,7 +136,8 @@ def findings(records, curves, best, config):
         if study == "batch":
             rows.append(("1b. Smaller, more frequent on-policy batches beat larger ones (B/M "
                          "at T = 1, fixed M, each method at its best lr)", verdict,
-                         "steps to 0.9 (gradient steps = reward queries / (M·N) here)", lines))
+                         "gradient steps to 0.9 (each B/M averages M·N reward queries per step, "
+                         "drawn B·N at a round's start)", lines))
         else:
             rows.append(("1c. Moderate reuse (T ≈ 2; PPO up to ≈ 8) can help; large T hurts "
                          "Best-of-N (no off-policy correction)", verdict,
