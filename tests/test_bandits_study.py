@@ -28,9 +28,10 @@ setup = study.make_setup(cfg)
 out = {}
 for devices, chunk in ((1, 4), (2, 4), (2, 2)):
     curves, _ = study.Runner(setup, chunk_size=chunk, devices=devices).run(runs[:7])
-    stale, _ = study.Runner(study.make_setup(cfg, stale=True), chunk_size=chunk,
-                            devices=devices).run(runs[7:])
-    curves = {k: np.concatenate([curves[k], stale[k]]) for k in curves}
+    if chunk == 4:  # the stale (B > M) program too, on 1 and 2 devices
+        stale, _ = study.Runner(study.make_setup(cfg, stale=True), chunk_size=chunk,
+                                devices=devices).run(runs[7:])
+        curves = {k: np.concatenate([curves[k], stale[k]]) for k in curves}
     out[f"{devices}x{chunk}"] = {k: curves[k].tolist() for k in
                                  ("expected_reward", "entropy", "loss", "reward_queries")}
 json.dump(out, sys.stdout)
@@ -51,7 +52,8 @@ def test_device_split_equals_single_device_run_for_run():
     assert np.ptp(np.array(single["expected_reward"])[:, -1]) > 0.01  # runs do differ
     # Another chunk size vectorises differently: equal up to float noise, which a chaotic run
     # (lr 0.1, a flipped sample) can amplify, so only the typical run is compared tightly.
-    diff = np.abs(np.array(out["2x2"]["expected_reward"]) - np.array(single["expected_reward"]))
+    diff = np.abs(np.array(out["2x2"]["expected_reward"])
+                  - np.array(single["expected_reward"])[:7])
     assert np.median(diff.max(1)) < 1e-4 and diff.max() < 0.02
 
 
