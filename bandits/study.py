@@ -1,14 +1,17 @@
-"""The bandit study: a table of runs, grouped into a few compiled programs.
+"""The bandit study: a table of runs, executed by ONE compiled program.
 
-`plan_runs(config)` turns the config into run records (one per seed × reward × algorithm ×
-ablation value) and the static `BanditSetup` of each group; `run_study` executes each group as
-`jax.jit(jax.vmap(train))` over fixed-size chunks of runs (the last chunk is padded, so every
-group compiles exactly once) and returns the records with summary numbers plus the curves.
+`plan_main(config)` turns the config into run records (reward × method × learning rate × seed);
+`best_learning_rates` picks each method's step size on the held-out selection seeds;
+`plan_ablations(config, best)` adds the reuse and batch-size ablations at those step sizes.
+`run_table` executes records as `jax.jit(jax.vmap(train))` over fixed-size chunks of runs (the
+last chunk padded, so the program compiles once), with the run axis split over the host's
+devices; the SFT initialisation is computed once per seed. A run's numbers depend only on its
+record, never on its chunk or device (tests/test_bandits_study.py checks 1 vs 2 devices).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import difflib
 import json
 import os
 import time
@@ -16,201 +19,344 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import modeseek
-from bandits import env
-from bandits.train import BanditSetup, make_train
+from bandits import env, measures
+from bandits.train import BanditSetup, make_init, make_train
 
 CURVES = ("expected_reward", "kl_policy_ref", "kl_ref_policy", "entropy", "peak_mass",
           "kl_policy_opt", "kl_opt_policy", "logratio/chosen", "logratio/rejected", "num_pairs",
           "loss", "grad_norm", "reward_queries")
 
 
+def _fail(field, message):
+    raise ValueError(f"config.{field}: {message}")
+
+
+def _positive_int(config, field):
+    value = config[field] if "." not in field else config[field.split(".")[0]][
+        field.split(".")[1]]
+    if not isinstance(value, int) or value < 1:
+        _fail(field, f"must be an integer >= 1, got {value!r}")
+
+
 def validate(config):
     """Fail before any compilation on bad values, naming the field."""
-    known_rewards = set(env.REWARDS)
-    for name in config.rewards:
-        if name not in known_rewards:
-            raise ValueError(f"config.rewards: unknown reward {name!r}; known: "
-                             f"{', '.join(env.REWARDS)}")
-    for group in ("onpolicy", "offline"):
-        for name in config[group].algorithms:
-            alg = modeseek.get_algorithm(name)
-            if alg.on_policy != (group == "onpolicy"):
-                raise ValueError(f"config.{group}.algorithms: {name} is "
-                                 f"{'on-policy' if alg.on_policy else 'offline'}")
-            if config.learning_rates.get(name) is None:
-                raise ValueError(f"config.learning_rates.{name} is missing")
-    for name, lr in config.learning_rates.items():
-        if not lr > 0:
-            raise ValueError(f"config.learning_rates.{name} must be > 0, got {lr}")
-    for name in ("beta", "tau", "rwr_beta", "clip_eps"):
-        if not config.hparams[name] > 0:
-            raise ValueError(f"config.hparams.{name} must be > 0, got {config.hparams[name]}")
-    if config.seeds < 1:
-        raise ValueError(f"config.seeds must be >= 1, got {config.seeds}")
+    for field in ("selection_seeds", "verdict_seeds", "num_steps", "eval_every",
+                  "eval_prompts", "samples_per_prompt", "minibatch_prompts", "onpolicy_prompts",
+                  "offline_prompts", "chunk_size"):
+        _positive_int(config, field)
+    if config.samples_per_prompt < 2:
+        _fail("samples_per_prompt", f"must be >= 2 to form pairs, got {config.samples_per_prompt}")
+    if config.num_steps % config.eval_every:
+        _fail("eval_every", f"must divide num_steps ({config.num_steps}), got {config.eval_every}")
+    if not isinstance(config.devices, int) or config.devices < 0:
+        _fail("devices", f"must be an integer >= 0 (0: all), got {config.devices!r}")
+    if config.policy not in ("mlp", "tabular"):
+        _fail("policy", f"must be 'mlp' or 'tabular', got {config.policy!r}")
+    if config.reference not in ("exact", "sampled"):
+        _fail("reference", f"must be 'exact' or 'sampled', got {config.reference!r}")
+    if not config.pi_star_beta > 0:
+        _fail("pi_star_beta", f"must be > 0, got {config.pi_star_beta}")
+    m = config.minibatch_prompts
+    for field in ("onpolicy_prompts", "offline_prompts"):
+        if config[field] % m:
+            _fail(field, f"must be a multiple of minibatch_prompts ({m}), got {config[field]}")
+    if not config.lr_grid or any(not lr > 0 for lr in config.lr_grid):
+        _fail("lr_grid", f"must be a non-empty tuple of values > 0, got {tuple(config.lr_grid)}")
+    if not config.methods:
+        _fail("methods", "needs at least one reward")
+    for reward, names in config.methods.items():
+        if reward not in env.REWARDS:
+            close = difflib.get_close_matches(reward, env.REWARDS, 1, 0.5)
+            _fail(f"methods.{reward}", f"unknown reward; known: {', '.join(env.REWARDS)}"
+                  + (f" (did you mean {close[0]!r}?)" if close else ""))
+        for name in names:
+            try:
+                modeseek.get_algorithm(name)
+            except ValueError as e:
+                _fail(f"methods.{reward}", str(e))
+    _check_hparams("hparams", dict(config.hparams))
+    for name, over in config.overrides.items():
+        try:
+            modeseek.get_algorithm(name)
+        except ValueError as e:
+            _fail(f"overrides.{name}", str(e))
+        for key in over:
+            if key not in config.hparams:
+                close = difflib.get_close_matches(key, config.hparams, 1)
+                _fail(f"overrides.{name}.{key}", f"unknown hyperparameter; known: "
+                      f"{', '.join(config.hparams)}"
+                      + (f" (did you mean {close[0]!r}?)" if close else ""))
+        _check_hparams(f"overrides.{name}", dict(over))
     for abl in ("reuse_ablation", "batch_ablation"):
-        for name in config[abl].algorithms:
+        a = config[abl]
+        if a.reward not in config.methods:
+            _fail(f"{abl}.reward", f"must be one of the study's rewards "
+                  f"{tuple(config.methods)}, got {a.reward!r}")
+        for name in a.algorithms:
             if not modeseek.get_algorithm(name).on_policy:
-                raise ValueError(f"config.{abl}.algorithms: {name} is not on-policy")
-        if config[abl].reward not in known_rewards:
-            raise ValueError(f"config.{abl}.reward: unknown reward {config[abl].reward!r}")
-    if any(t < 1 for t in config.reuse_ablation.grid):
-        raise ValueError(f"config.reuse_ablation.grid: reuse T must be >= 1, got "
-                         f"{tuple(config.reuse_ablation.grid)}")
-    m = config.onpolicy.minibatch_prompts
-    if any(b % m or b < m for b in config.batch_ablation.grid):
-        raise ValueError(f"config.batch_ablation.grid must be multiples of "
-                         f"config.onpolicy.minibatch_prompts ({m})")
+                _fail(f"{abl}.algorithms", f"{name} is not on-policy")
+            if name not in config.methods[a.reward]:
+                _fail(f"{abl}.algorithms", f"{name} must also be in config.methods.{a.reward} "
+                      "(its best lr is chosen there)")
+        if not a.grid or any(not isinstance(v, int) or v < 1 for v in a.grid):
+            _fail(f"{abl}.grid", f"must be integers >= 1, got {tuple(a.grid)}")
 
 
-def _hparams(config, algorithm):
+_HPARAM_RULES = {  # name -> (test, requirement)
+    "beta": (lambda v: v > 0, "> 0"), "tau": (lambda v: v > 0, "> 0"),
+    "rwr_beta": (lambda v: v > 0, "> 0"), "clip_eps": (lambda v: v > 0, "> 0"),
+    "weight_clip": (lambda v: v > 0, "> 0"), "threshold": (lambda v: v >= 0, ">= 0"),
+    "kl_coef": (lambda v: v >= 0, ">= 0"), "negative_coef": (lambda v: v >= 0, ">= 0"),
+    "label_smoothing": (lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+}
+
+
+def _check_hparams(prefix, hp):
+    for name, value in hp.items():
+        test, requirement = _HPARAM_RULES.get(name, (lambda v: True, ""))
+        if not isinstance(value, (int, float)) or not test(value):
+            _fail(f"{prefix}.{name}", f"must be {requirement or 'a number'}, got {value!r}")
+
+
+def make_setup(config, *, stale=False):
+    """The main program (every method; on-policy B = M) or, with `stale`, the batch-ablation
+    program (its methods only; on-policy B up to M · max B/M, π_old kept per round)."""
+    if stale:
+        names = tuple(config.batch_ablation.algorithms)
+        biggest = config.minibatch_prompts * max(config.batch_ablation.grid)
+    else:
+        names = []
+        for methods in config.methods.values():
+            names += [n for n in methods if n not in names]
+        biggest = max(config.offline_prompts, config.onpolicy_prompts)
+    return BanditSetup(algorithms=tuple(names), num_steps=config.num_steps, policy=config.policy,
+                       max_prompts_per_batch=biggest, minibatch_prompts=config.minibatch_prompts,
+                       samples_per_prompt=config.samples_per_prompt,
+                       eval_prompts=config.eval_prompts, eval_every=config.eval_every,
+                       reference=config.reference, pi_star_beta=config.pi_star_beta,
+                       stale_batches=stale)
+
+
+def _record(config, study, algorithm, reward, seed, role, lr, *, reuse=None, prompts=None):
+    alg = modeseek.get_algorithm(algorithm)
     hp = dict(config.hparams)
     hp.update(config.overrides.get(algorithm, {}))
-    return hp
+    if prompts is None:
+        prompts = config.onpolicy_prompts if alg.on_policy else config.offline_prompts
+    return dict(study=study, algorithm=algorithm, reward=reward, seed=seed, role=role,
+                regime="on-policy" if alg.on_policy else "offline", on_policy=alg.on_policy,
+                negative_gradient=alg.negative_gradient,
+                reuse=alg.reuse if reuse is None else reuse, prompts_per_batch=prompts,
+                learning_rate=float(lr), hparams=hp)
 
 
-def plan_runs(config):
-    """Return {group: (BanditSetup, [run records])} for the whole study."""
+def seeds(config, role):
+    s = config.selection_seeds
+    return range(s) if role == "selection" else range(s, s + config.verdict_seeds)
+
+
+def plan_main(config):
+    """Every (reward, method, lr, seed) of the main study; selection seeds first."""
     validate(config)
-    common = dict(policy=config.policy, reference=config.reference,
-                  samples_per_prompt=config.samples_per_prompt,
-                  eval_prompts=config.eval_prompts, pi_star_beta=config.pi_star_beta)
-    on, off = config.onpolicy, config.offline
-    ablation_algs = tuple(config.reuse_ablation.algorithms)
-    on_algs = tuple(on.algorithms) + tuple(a for a in ablation_algs if a not in on.algorithms)
-    setups = {
-        "onpolicy": BanditSetup(algorithms=on_algs, num_steps=on.num_steps,
-                                max_prompts_per_batch=on.prompts_per_batch,
-                                minibatch_prompts=on.minibatch_prompts, **common),
-        "offline": BanditSetup(algorithms=tuple(off.algorithms), num_steps=off.num_steps,
-                               max_prompts_per_batch=off.prompts, minibatch_prompts=off.prompts,
-                               **dict(common, eval_prompts=off.eval_prompts)),
-        "batch_ablation": BanditSetup(
-            algorithms=tuple(config.batch_ablation.algorithms), num_steps=on.num_steps,
-            max_prompts_per_batch=max(config.batch_ablation.grid),
-            minibatch_prompts=on.minibatch_prompts, **common),
-    }
-    runs = {group: [] for group in setups}
+    return [_record(config, "main", a, rw, seed, role, lr)
+            for role in ("selection", "verdict") for rw, methods in config.methods.items()
+            for a in methods for lr in config.lr_grid for seed in seeds(config, role)]
 
-    def add(group, algorithm, reward, seed, *, reuse, prompts_per_batch, study):
-        alg = modeseek.get_algorithm(algorithm)
-        runs[group].append(dict(
-            group=group, study=study, algorithm=algorithm, reward=reward, seed=seed,
-            regime="on-policy" if alg.on_policy else "offline",
-            on_policy=alg.on_policy, negative_gradient=alg.negative_gradient, reuse=reuse,
-            prompts_per_batch=prompts_per_batch, learning_rate=config.learning_rates[algorithm],
-            hparams=_hparams(config, algorithm)))
 
-    for reward in config.rewards:
-        for seed in range(config.seeds):
-            for a in on.algorithms:
-                add("onpolicy", a, reward, seed, reuse=modeseek.get_algorithm(a).reuse,
-                    prompts_per_batch=on.prompts_per_batch, study="main")
-            for a in off.algorithms:
-                add("offline", a, reward, seed, reuse=1, prompts_per_batch=off.prompts,
-                    study="main")
-    abl = config.reuse_ablation
-    for seed in range(abl.seeds):
+def best_learning_rates(records):
+    """{(reward, algorithm): lr} maximising the median (over selection seeds) mean reward."""
+    table = {}
+    for r in records:
+        if r["study"] == "main" and r["role"] == "selection":
+            table.setdefault((r["reward"], r["algorithm"]), {}).setdefault(
+                r["learning_rate"], []).append(r["mean_reward"])
+    return {k: max(by_lr, key=lambda lr: (np.median(by_lr[lr]), -lr))
+            for k, by_lr in table.items()}
+
+
+def plan_ablations(config, best):
+    """Reuse T (B = M) and B/M (T = 1) ablations at each method's best lr, verdict seeds."""
+    out = []
+    m = config.minibatch_prompts
+    for abl, study in ((config.reuse_ablation, "reuse"), (config.batch_ablation, "batch")):
         for a in abl.algorithms:
-            for t in abl.grid:
-                add("onpolicy", a, abl.reward, seed, reuse=t,
-                    prompts_per_batch=on.prompts_per_batch, study="reuse")
-    abl = config.batch_ablation
-    for seed in range(abl.seeds):
-        for a in abl.algorithms:
-            for b in abl.grid:
-                add("batch_ablation", a, abl.reward, seed, reuse=1, prompts_per_batch=b,
-                    study="batch")
-    return {g: (setups[g], runs[g]) for g in setups if runs[g]}
+            for v in abl.grid:
+                kw = dict(reuse=v, prompts=m) if study == "reuse" else dict(reuse=1,
+                                                                            prompts=v * m)
+                out += [_record(config, study, a, abl.reward, seed, "verdict",
+                                best[(abl.reward, a)], **kw)
+                        for seed in seeds(config, "verdict")]
+    return out
 
 
-def _knobs(setup, runs):
-    index = {name: i for i, name in enumerate(setup.algorithms)}
-    knobs = {name: np.array([r["hparams"][name] for r in runs], np.float32)
-             for name in runs[0]["hparams"]}
-    knobs["learning_rate"] = np.array([r["learning_rate"] for r in runs], np.float32)
-    knobs["algorithm"] = np.array([index[r["algorithm"]] for r in runs], np.int32)
-    knobs["reuse"] = np.array([r["reuse"] for r in runs], np.int32)
-    knobs["prompts_per_batch"] = np.array([r["prompts_per_batch"] for r in runs], np.int32)
-    keys = jax.vmap(jax.random.key)(jnp.array([r["seed"] for r in runs]))
-    rewards = np.stack([env.reward_table(r["reward"]) for r in runs]).astype(np.float32)
-    return keys, rewards, knobs
+def enable_compilation_cache(path):
+    """JAX's persistent compilation cache under `path` (a second identical study skips the
+    compile). Set before the first compile."""
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def run_group(setup: BanditSetup, runs, *, chunk_size=48, progress=None):
-    """Run every record of one group; returns (curves {name: [R, S]}, all outputs {name: [R,
-    ...]}, timings {compile_s, run_s})."""
-    train = jax.jit(jax.vmap(make_train(setup)))
-    size = min(chunk_size, len(runs))
-    num_chunks = -(-len(runs) // size)
-    padded = runs + [runs[-1]] * (num_chunks * size - len(runs))
-    outputs, compile_s, run_s = [], 0.0, 0.0
-    compiled = None
-    for c in range(num_chunks):
-        args = _knobs(setup, padded[c * size:(c + 1) * size])
-        if compiled is None:
-            t0 = time.perf_counter()
-            compiled = train.lower(*args).compile()
-            compile_s = time.perf_counter() - t0
+def _mesh(num_devices):
+    devices = jax.devices()
+    n = len(devices) if num_devices == 0 else min(num_devices, len(devices))
+    return Mesh(np.array(devices[:n]), ("runs",))
+
+
+_INIT = {}  # (policy, reference, SFT settings) -> (jitted vmapped init, {seed: params})
+
+
+def initial_params(setup: BanditSetup, seed_list, sharding=None):
+    """The policy at π_ref for each seed (stacked along a leading run axis). SFT runs once per
+    seed, in one call for all new seeds (split over `sharding`'s devices), and is shared by
+    every run and program with the same policy and SFT settings."""
+    key = (setup.policy, setup.reference, setup.sft_steps, setup.sft_learning_rate,
+           setup.sft_prompts)
+    if key not in _INIT:
+        _INIT[key] = (jax.jit(jax.vmap(make_init(setup))), {})
+    init, cache = _INIT[key]
+    missing = sorted(set(seed_list) - set(cache))
+    if missing:
+        n = 1 if sharding is None else sharding.mesh.devices.size
+        padded = missing + missing[-1:] * (-len(missing) % n)
+        keys = jax.vmap(jax.random.key)(jnp.asarray(padded))
+        if sharding is not None:
+            keys = jax.device_put(keys, sharding)
+        params, _ = jax.device_get(init(keys))
+        for i, s in enumerate(missing):
+            cache[s] = jax.tree.map(lambda x, i=i: x[i], params)
+    return jax.tree.map(lambda *xs: np.stack(xs), *[cache[s] for s in seed_list])
+
+
+class Runner:
+    """Compiles the study's program once and runs tables of records through it.
+
+    Each call runs `chunk_size` runs per device (the run axis split over the devices), so the
+    per-device program, and with it every run's numbers, is the same on 1 or 2 devices.
+    Different chunk sizes change XLA's vectorisation and so the last float bits, which a
+    chaotic run (a sample flipping) can amplify."""
+
+    def __init__(self, setup: BanditSetup, *, chunk_size=8, devices=0):
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"config.chunk_size: must be an integer >= 1, got {chunk_size!r}")
+        self.setup = setup
+        self.mesh = _mesh(devices)
+        self.chunk_size = chunk_size * self.mesh.devices.size
+        self.sharding = NamedSharding(self.mesh, PartitionSpec("runs"))
+        self._train = jax.jit(jax.vmap(make_train(setup)))
+        self._compiled = None
+        self.timings = dict(compile_s=0.0, run_s=0.0, sft_s=0.0, run_steps=0)
+
+    def _initial_params(self, seed_list):
         t0 = time.perf_counter()
-        out = jax.device_get(compiled(*args))
-        run_s += time.perf_counter() - t0
-        outputs.append(out)
-        if progress is not None:
-            progress.update(min(size, len(runs) - c * size))
-    cat = {k: np.concatenate([o[k] for o in outputs])[:len(runs)] for k in outputs[0]}
-    curves = {k: cat[k] for k in CURVES}
-    return curves, cat, {"compile_s": compile_s, "run_s": run_s}
+        params = initial_params(self.setup, seed_list, self.sharding)
+        self.timings["sft_s"] += time.perf_counter() - t0
+        return params
+
+    def _args(self, runs):
+        index = {name: i for i, name in enumerate(self.setup.algorithms)}
+        knobs = {name: np.array([r["hparams"][name] for r in runs], np.float32)
+                 for name in runs[0]["hparams"]}
+        knobs["learning_rate"] = np.array([r["learning_rate"] for r in runs], np.float32)
+        knobs["algorithm"] = np.array([index[r["algorithm"]] for r in runs], np.int32)
+        knobs["reuse"] = np.array([r["reuse"] for r in runs], np.int32)
+        knobs["prompts_per_batch"] = np.array([r["prompts_per_batch"] for r in runs], np.int32)
+        seed_list = [r["seed"] for r in runs]
+        keys = jax.vmap(jax.random.key)(jnp.asarray(seed_list))
+        rewards = np.stack([env.reward_table(r["reward"]) for r in runs]).astype(np.float32)
+        args = (keys, self._initial_params(seed_list), rewards, knobs)
+        return jax.device_put(args, self.sharding)
+
+    def run(self, runs, progress=None):
+        """Curves {name: [R, K]} and all outputs {name: [R, ...]} of `runs`, in order."""
+        m = self.setup.minibatch_prompts
+        for r in runs:
+            b = r["prompts_per_batch"]
+            if b > self.setup.max_prompts_per_batch or b % m:
+                raise ValueError(f"run {r['algorithm']}: prompts_per_batch {b} must be a "
+                                 f"multiple of {m} up to {self.setup.max_prompts_per_batch}")
+            if r["on_policy"] and b != m and not self.setup.stale_batches:
+                raise ValueError(f"run {r['algorithm']}: on-policy B = {b} > M = {m} needs a "
+                                 "setup with stale_batches=True")
+        self._initial_params(sorted({r["seed"] for r in runs}))  # every seed's SFT at once
+        size = self.chunk_size
+        padded = runs + [runs[-1]] * (-len(runs) % size)
+        outputs = []
+        for c in range(len(padded) // size):
+            args = self._args(padded[c * size:(c + 1) * size])
+            if self._compiled is None:
+                t0 = time.perf_counter()
+                self._compiled = self._train.lower(*args).compile()
+                self.timings["compile_s"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            outputs.append(jax.device_get(self._compiled(*args)))
+            self.timings["run_s"] += time.perf_counter() - t0
+            if progress is not None:
+                progress(min(size, len(runs) - c * size))
+        self.timings["run_steps"] += len(runs) * self.setup.num_steps
+        cat = {k: np.concatenate([o[k] for o in outputs])[:len(runs)] for k in outputs[0]}
+        return {k: cat[k] for k in CURVES}, cat
 
 
-def steps_to_threshold(curve, threshold):
-    """First gradient step (1-based) whose expected reward reaches `threshold`, else None."""
-    hits = np.nonzero(curve >= threshold)[0]
-    return int(hits[0]) + 1 if hits.size else None
+def summarise(records, curves, outputs, setup):
+    """Add each run's measures (bandits.measures.run_measures) to its record, in place."""
+    for i, r in enumerate(records):
+        max_reward = float(env.reward_table(r["reward"]).max())
+        r.update(measures.run_measures(
+            curves["expected_reward"][i], curves["entropy"][i], curves["reward_queries"][i],
+            eval_every=setup.eval_every, max_reward=max_reward))
+        r.update(final_kl_policy_ref=float(curves["kl_policy_ref"][i, -1]),
+                 final_peak_mass=float(curves["peak_mass"][i, -1]),
+                 final_reward_prompt_std=float(outputs["final_reward_prompt_std"][i]),
+                 final_probs=[round(float(p), 6) for p in outputs["final_probs"][i]],
+                 peak_action=int(np.argmax(outputs["final_probs"][i])))
+    return records
 
 
-def summarise(record, curves, i, outputs):
-    max_reward = float(env.reward_table(record["reward"]).max())
-    er = curves["expected_reward"][i]
-    record.update(
-        final_expected_reward=float(er[-1]),
-        **{"steps_to_0.9_of_max": steps_to_threshold(er, 0.9 * max_reward)},
-        final_kl_policy_ref=float(curves["kl_policy_ref"][i, -1]),
-        final_kl_ref_policy=float(curves["kl_ref_policy"][i, -1]),
-        final_entropy=float(curves["entropy"][i, -1]),
-        final_peak_mass=float(curves["peak_mass"][i, -1]),
-        reward_queries=int(curves["reward_queries"][i, -1]),
-        final_reward_prompt_std=float(outputs["final_reward_prompt_std"][i]),
-        final_probs=[round(float(p), 6) for p in outputs["final_probs"][i]],
-    )
-    return record
+def run_study(config, *, progress=None):
+    """Run the whole study: main table, lr selection, ablations (two compiled programs: the
+    main one, which also runs the reuse ablation, and the batch ablation's).
+
+    Returns (records, curves {name: [R, K]}, best {(reward, alg): lr}, timings).
+    """
+    records = plan_main(config)
+    t0 = time.perf_counter()
+    main = Runner(make_setup(config), chunk_size=config.chunk_size, devices=config.devices)
+    curves_main, out_main = main.run(records, progress)
+    summarise(records, curves_main, out_main, main.setup)
+    best = best_learning_rates(records)
+    ablations = plan_ablations(config, best)
+    reuse = [r for r in ablations if r["study"] == "reuse"]
+    batch = [r for r in ablations if r["study"] == "batch"]
+    parts = [(records, curves_main)]
+    runners = [main]
+    if reuse:
+        curves, out = main.run(reuse, progress)
+        parts.append((summarise(reuse, curves, out, main.setup), curves))
+    if batch:
+        stale = Runner(make_setup(config, stale=True), chunk_size=config.chunk_size,
+                       devices=config.devices)
+        curves, out = stale.run(batch, progress)
+        parts.append((summarise(batch, curves, out, stale.setup), curves))
+        runners.append(stale)
+    all_records = [r for rs, _ in parts for r in rs]
+    for i, r in enumerate(all_records):
+        r["curve_index"] = i
+    curves = {k: np.concatenate([c[k] for _, c in parts]) for k in CURVES}
+    timings = {k: sum(r.timings[k] for r in runners) for k in main.timings}
+    timings.update(wall_s=time.perf_counter() - t0, runs=len(all_records), programs=len(runners),
+                   devices=int(main.mesh.devices.size), chunk_size=config.chunk_size)
+    return all_records, curves, best, timings
 
 
-def run_study(config, *, show_progress=True):
-    """Run the whole study. Returns (records, curves {group: {name: [R, S]}}, timings)."""
-    plan = plan_runs(config)
-    total = sum(len(runs) for _, runs in plan.values())
-    records, curves, timings = [], {}, {}
-    with tqdm.tqdm(total=total, desc="bandit runs", unit="run",
-                   disable=not show_progress) as bar:
-        for group, (setup, runs) in plan.items():
-            group_curves, outputs, timing = run_group(
-                setup, runs, chunk_size=config.chunk_size, progress=bar)
-            curves[group] = group_curves
-            timings[group] = dict(timing, runs=len(runs), steps=setup.num_steps,
-                                  setup=dataclasses.asdict(setup))
-            for i, record in enumerate(runs):
-                record["curve_index"] = i
-                records.append(summarise(record, group_curves, i, outputs))
-    return records, curves, timings
-
-
-def save(out, records, curves, timings):
-    """results.json (one record per run, summary numbers) and metrics.npz (the curves, keyed
-    "<group>/<metric>", rows indexed by each record's `curve_index`)."""
+def save(out, records, curves, best, timings):
+    """results.json (one record per run, summary numbers) and metrics.npz (the curves, rows
+    indexed by each record's `curve_index`)."""
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"runs": records, "timings": timings}, f, indent=1)
-    np.savez_compressed(os.path.join(out, "metrics.npz"),
-                        **{f"{g}/{k}": v for g, c in curves.items() for k, v in c.items()})
+        json.dump({"runs": records, "timings": timings,
+                   "best_learning_rates": [dict(reward=k[0], algorithm=k[1], lr=v)
+                                           for k, v in best.items()]}, f, indent=1)
+    np.savez_compressed(os.path.join(out, "metrics.npz"), **curves)

@@ -1,18 +1,28 @@
 """One whole bandit run as a pure function (purejaxrl's pattern):
 
-    train = make_train(setup)                 # static: shapes, policy, the algorithms' menu
-    metrics = train(key, rewards_A, knobs)    # traced: seed, reward, every numeric knob
+    setup = BanditSetup(algorithms=...)            # static: shapes, policy, the algorithms' menu
+    params0 = make_init(setup)(seed_key)           # π_θ after SFT to π_ref (once per seed)
+    metrics = make_train(setup)(key, params0, rewards_A, knobs)   # traced: every numeric knob
 
 `train` is a single `lax.scan` over gradient steps, so `jax.jit(jax.vmap(train))` runs a whole
-table of runs — seeds × rewards × learning rates × algorithms × reuse T × batch sizes — as one
-compiled program. The algorithm is a traced index into `setup.algorithms` (a `lax.switch`
-over their objectives: the objectives are cheap next to the shared policy forward/backward).
+table of runs — seeds × rewards × learning rates × algorithms × reuse T × batch sizes, on-policy
+and offline alike — as ONE compiled program. The algorithm is a traced index into
+`setup.algorithms` (a `lax.switch` over their objectives; cheap next to the shared policy
+forward/backward). The SFT initialisation depends only on the seed, so it is computed once per
+seed and shared by every run of that seed (all methods start from the same policy).
 
-Algorithm 1 of Tajwar et al. as a flat loop over gradient steps s = 0 … S−1:
-  - a new batch of B prompts × N samples is drawn whenever s is a multiple of T·B/M
-    (on-policy: from the current policy; offline: once, at s = 0, from π_ref);
-  - step s trains on minibatch (s mod B/M) of M prompts of that batch, reshuffled each pass.
-After **every** step, exact metrics over all A actions on E fixed evaluation prompts.
+Algorithm 1 of Tajwar et al. as a flat loop over gradient steps s = 0 … S−1, for a run with
+batch B prompts (a multiple of the minibatch M) and reuse T:
+  - rounds: on-policy runs start round ⌊s / (T·B/M)⌋ every T·B/M steps and keep the policy at
+    its start, π_old; offline runs have one round (the dataset, drawn from π_ref, never
+    changes);
+  - step s trains on minibatch (s mod B/M) of the round's B prompts, reshuffled each pass.
+Samples are drawn lazily and deterministically: prompt i of round k is U[0,1]^D from
+fold_in(key_k, i) and its N actions come from π_old(·|x_i) (or π_ref) with fold_in(key'_k, i),
+so re-reading prompt i in a later pass of the round gives the same prompts, actions and
+rewards as one draw of the whole batch at the round's start, at the cost of M prompts per step
+whatever B is (B = 640 costs what B = 10 does).
+Every `eval_every` steps: exact metrics over all A actions on E fixed evaluation prompts.
 """
 
 from __future__ import annotations
@@ -36,12 +46,14 @@ class BanditSetup:
     """Static (shape- or program-changing) choices shared by a table of bandit runs."""
 
     algorithms: tuple[str, ...]
-    num_steps: int = 1500
+    num_steps: int = 300
     policy: str = "mlp"
-    max_prompts_per_batch: int = 10  # B_max; each run's B (traced) must divide into M-blocks
+    max_prompts_per_batch: int = 10  # B_max: the largest B of any run (prompts per round)
     minibatch_prompts: int = 10      # M
     samples_per_prompt: int = 10     # N
-    eval_prompts: int = 100          # E
+    eval_prompts: int = 10           # E
+    eval_every: int = 1              # exact metrics every this many steps
+    stale_batches: bool = False      # on-policy runs may use B > M (see make_train)
     sft_steps: int = 100
     sft_learning_rate: float = 0.01
     sft_prompts: int = 100
@@ -56,7 +68,7 @@ class BanditSetup:
         for name in self.algorithms:
             modeseek.get_algorithm(name)
         for name in ("num_steps", "max_prompts_per_batch", "minibatch_prompts",
-                     "eval_prompts", "sft_prompts"):
+                     "eval_prompts", "sft_prompts", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.samples_per_prompt < 2:
@@ -64,6 +76,9 @@ class BanditSetup:
         if self.max_prompts_per_batch % self.minibatch_prompts:
             raise ValueError(f"max_prompts_per_batch ({self.max_prompts_per_batch}) must be a "
                              f"multiple of minibatch_prompts ({self.minibatch_prompts})")
+        if self.num_steps % self.eval_every:
+            raise ValueError(f"num_steps ({self.num_steps}) must be a multiple of eval_every "
+                             f"({self.eval_every})")
         if self.reference not in ("exact", "sampled"):
             raise ValueError(f"reference must be 'exact' or 'sampled', got {self.reference!r}")
         if self.pi_star_beta <= 0:
@@ -98,108 +113,148 @@ def exact_metrics(logp_ExA, ref_logp_A, rewards_A, *, pi_star_beta, peak_radius)
     }
 
 
-def make_train(setup: BanditSetup):
-    """Build `train(key, rewards_A, knobs) -> metrics`.
+def make_init(setup: BanditSetup):
+    """`init(key) -> (params, sft_kl)`: the policy at π_ref (MLP: after SFT; tabular: exact).
 
-    `knobs` is a dict of traced scalars: `learning_rate`, `algorithm` (index into
-    `setup.algorithms`), `reuse` (T), `prompts_per_batch` (B ≤ B_max, a multiple of M), and
+    `key` is the run's seed key; `make_train` derives its other streams from the same key.
+    """
+    ref_logp = reference_logprobs(setup.reference)
+    policy = make_policy(setup.policy, ref_logp, env.PROMPT_DIM)
+
+    def init(key):
+        k_init, k_sft, _, _ = jax.random.split(key, 4)
+        params = policy.init(k_init)
+        if setup.policy != "mlp":
+            return params, jnp.zeros(())
+        return sft_to_reference(policy, params, env.sample_prompts(k_sft, setup.sft_prompts),
+                                ref_logp, steps=setup.sft_steps,
+                                learning_rate=setup.sft_learning_rate)
+
+    return init
+
+
+def make_train(setup: BanditSetup):
+    """Build `train(key, params0, rewards_A, knobs) -> metrics`.
+
+    `params0` is `make_init(setup)(key)[0]`; `knobs` is a dict of traced scalars:
+    `learning_rate`, `algorithm` (index into `setup.algorithms`), `reuse` (T),
+    `prompts_per_batch` (B ≤ B_max, a multiple of M; offline runs: the dataset's prompts), and
     the objective hyperparameters of `modeseek.DEFAULT_HPARAMS`.
 
-    Returns a dict of [num_steps] curves plus `final_probs` [A] (mean over evaluation prompts)
-    and `sft_kl` (KL(π_θ ‖ π_ref) after SFT; 0 for the tabular policy).
+    π_old: with `setup.stale_batches` on-policy runs may use B > M and the program keeps a
+    copy of the parameters at each round's start (one more forward and one more pass over the
+    parameters per step); without it on-policy runs must have B = M, and π_old's log-probs on
+    the round's M prompts are kept instead (the caller checks B; see bandits.study.Runner).
+
+    Returns a dict of [num_steps / eval_every] curves (metrics after steps eval_every,
+    2·eval_every, …; `loss`, `grad_norm`, the pair metrics and `reward_queries` of those steps)
+    plus `final_probs` [A] (mean over evaluation prompts).
     """
     algorithms = [modeseek.get_algorithm(name) for name in setup.algorithms]
     objectives = [a.objective for a in algorithms]
     on_policy_table = jnp.array([a.on_policy for a in algorithms])
-    # Static when every algorithm agrees, so the offline program never samples from the policy
-    # and keeps its resampling test a real `cond` under vmap.
-    all_offline = not any(a.on_policy for a in algorithms)
+    # Static when every algorithm agrees, so an all-offline program never runs π_old.
+    any_on_policy = any(a.on_policy for a in algorithms)
     ref_logp = reference_logprobs(setup.reference)
     policy = make_policy(setup.policy, ref_logp, env.PROMPT_DIM)
     B_max, M, N = setup.max_prompts_per_batch, setup.minibatch_prompts, setup.samples_per_prompt
 
-    def logprob_fn(params, batch):
-        logits_MxA = policy.logits(params, batch["prompts"])
-        return modeseek.categorical_logprobs(logits_MxA[:, None, :], batch["actions"])
-
     def loss_fn(params, batch, knobs):
-        logps = logprob_fn(params, batch)
+        logits_MxA = policy.logits(params, batch["prompts"])
+        logps = modeseek.categorical_logprobs(logits_MxA[:, None, :], batch["actions"])
         if len(objectives) == 1:
             loss = objectives[0](logps, batch, knobs)
         else:
             loss = jax.lax.switch(knobs["algorithm"], objectives, logps, batch, knobs)
         return loss, {"logps": logps}
 
-    def sample_batch(key, params, on_policy, rewards_A):
-        k_prompt, k_act = jax.random.split(key)
-        prompts = env.sample_prompts(k_prompt, B_max)
-        if all_offline:
-            logp = jnp.broadcast_to(ref_logp, (B_max, ref_logp.shape[0]))
-        else:
-            logp = jnp.where(on_policy, jax.nn.log_softmax(policy.logits(params, prompts), -1),
-                             ref_logp)
-        actions = modeseek.sample_categorical(k_act, logp[:, None, :], (B_max, N))
+    def minibatch_indices(key, s_in, minibatches):
+        """Prompt indices [M] of this step's minibatch: the round's B prompts form B/M blocks
+        of M (prompts are iid, so fixed blocks lose nothing), and each pass ⌊s_in / (B/M)⌋
+        visits the blocks in a fresh random order (blocks ≥ B/M sort last, never used)."""
+        if B_max == M:
+            return jnp.arange(M)
+        pass_key = jax.random.fold_in(key, s_in // minibatches)
+        scores = jnp.where(jnp.arange(B_max // M) < minibatches,
+                           jax.random.uniform(pass_key, (B_max // M,)), 2.0)
+        return jnp.argsort(scores)[s_in % minibatches] * M + jnp.arange(M)
+
+    def draw_prompts(round_key, idx):
+        """Prompts idx of the round: U[0,1]^D from fold_in(key, i), [M, D]."""
+        return jax.vmap(lambda i: env.sample_prompts(jax.random.fold_in(round_key, i), 1)[0]
+                        )(idx)
+
+    def draw_samples(round_key, idx, prompts, logp_MxA, rewards_A):
+        """N actions per prompt from the behaviour log-probs, keyed by the prompt's index."""
+        actions = jax.vmap(lambda i, lp: modeseek.sample_categorical(
+            jax.random.fold_in(round_key, i), lp, (N,)))(idx, logp_MxA)
         return {"prompts": prompts, "actions": actions, "rewards": rewards_A[actions],
-                "old_logps": jnp.take_along_axis(logp, actions, -1),
+                "old_logps": jnp.take_along_axis(logp_MxA, actions, -1),
                 "ref_logps": ref_logp[actions]}
 
-    def train(key, rewards_A, knobs):
-        k_init, k_sft, k_eval, k_loop = jax.random.split(key, 4)
-        params = policy.init(k_init)
-        sft_kl = jnp.zeros(())
-        if setup.policy == "mlp":
-            params, sft_kl = sft_to_reference(
-                policy, params, env.sample_prompts(k_sft, setup.sft_prompts), ref_logp,
-                steps=setup.sft_steps, learning_rate=setup.sft_learning_rate)
+    def train(key, params0, rewards_A, knobs):
+        _, _, k_eval, k_loop = jax.random.split(key, 4)
+        k_data, k_pass = jax.random.split(k_loop)
         eval_prompts = env.sample_prompts(k_eval, setup.eval_prompts)
         tx = modeseek.make_optimizer(learning_rate=knobs["learning_rate"])
         train_step = modeseek.make_train_step(
             lambda p, batch, key: loss_fn(p, batch, knobs), tx)
         on_policy = on_policy_table[knobs["algorithm"]]
-        minibatches = knobs["prompts_per_batch"] // M
-        if all_offline:
-            steps_per_batch = setup.num_steps
-        else:
-            steps_per_batch = jnp.where(on_policy, jnp.maximum(knobs["reuse"], 1) * minibatches,
-                                        setup.num_steps)
+        batch_prompts = knobs["prompts_per_batch"]
+        minibatches = batch_prompts // M
+        steps_per_round = jnp.where(on_policy, jnp.maximum(knobs["reuse"], 1) * minibatches,
+                                    setup.num_steps)
 
         def step(carry, s):
-            state, data = carry
-            k_step = jax.random.fold_in(k_loop, s)
-            fresh = s % steps_per_batch == 0
-            data = jax.lax.cond(fresh, lambda: sample_batch(k_step, state.params, on_policy,
-                                                            rewards_A), lambda: data)
-            # Minibatch (s mod B/M) of this pass, prompts reshuffled per pass; prompts at
-            # index ≥ B (this run's batch size) sort last and are never used.
-            s_in = s % steps_per_batch
-            pass_key = jax.random.fold_in(k_loop, -1 - (s - s_in % minibatches))
-            scores = jnp.where(jnp.arange(B_max) < knobs["prompts_per_batch"],
-                               jax.random.uniform(pass_key, (B_max,)), 2.0)
-            idx = jax.lax.dynamic_slice(jnp.argsort(scores), ((s_in % minibatches) * M,), (M,))
-            minibatch = jax.tree.map(lambda x: x[idx], data)
-            state, step_metrics = train_step(state, minibatch, k_step)
-            logp = jax.nn.log_softmax(policy.logits(state.params, eval_prompts), -1)
-            metrics = exact_metrics(logp, ref_logp, rewards_A, pi_star_beta=setup.pi_star_beta,
-                                    peak_radius=setup.peak_radius)
+            state, behaviour = carry
+            s_in = s % steps_per_round
+            fresh = s_in == 0
+            round_index = s // steps_per_round
+            idx = minibatch_indices(jax.random.fold_in(k_pass, round_index), s_in, minibatches)
+            k_prompts, k_actions = jax.random.split(jax.random.fold_in(k_data, round_index))
+            prompts = draw_prompts(k_prompts, idx)
+            # π_old(·|prompts): the policy when this round's batch was drawn.
+            logp = jnp.broadcast_to(ref_logp, (M, ref_logp.shape[0]))
+            if any_on_policy and setup.stale_batches:  # keep π_old's parameters
+                behaviour = jax.tree.map(lambda p, o: jnp.where(fresh, p, o), state.params,
+                                         behaviour)
+                logp = jnp.where(on_policy, jax.nn.log_softmax(
+                    policy.logits(behaviour, prompts), -1), logp)
+            elif any_on_policy:  # B = M: the same prompts all round; keep π_old's log-probs
+                behaviour = jnp.where(fresh, jax.nn.log_softmax(
+                    policy.logits(state.params, prompts), -1), behaviour)
+                logp = jnp.where(on_policy, behaviour, logp)
+            minibatch = draw_samples(k_actions, idx, prompts, logp, rewards_A)
+            state, step_metrics = train_step(state, minibatch, None)
             # Winner/loser log-ratios of the minibatch's ranked pairs, before this step.
             pairs = ranked_pairs_mask(minibatch["rewards"], threshold=knobs["threshold"])
-            metrics.update(pair_logratio_metrics(step_metrics["logps"],
-                                                 minibatch["ref_logps"], pairs))
+            metrics = pair_logratio_metrics(step_metrics["logps"], minibatch["ref_logps"], pairs)
             metrics.update(loss=step_metrics["loss"], grad_norm=step_metrics["grad_norm"],
                            fresh_batch=fresh)
-            return (state, data), metrics
+            return (state, behaviour), metrics
 
-        state = modeseek.init_train_state(params, tx)
-        data = sample_batch(k_loop, params, on_policy, rewards_A)
-        (state, _), metrics = jax.lax.scan(step, (state, data), jnp.arange(setup.num_steps))
-        # Reward queries so far: B·N per freshly sampled batch.
-        metrics["reward_queries"] = jnp.cumsum(metrics.pop("fresh_batch")) * (
-            knobs["prompts_per_batch"] * N)
+        def block(carry, b):
+            carry, metrics = jax.lax.scan(step, carry, b * setup.eval_every
+                                          + jnp.arange(setup.eval_every))
+            logp = jax.nn.log_softmax(policy.logits(carry[0].params, eval_prompts), -1)
+            metrics = jax.tree.map(lambda x: x[-1], metrics) | {
+                "new_batches": jnp.sum(metrics["fresh_batch"])}
+            metrics.update(exact_metrics(logp, ref_logp, rewards_A,
+                                         pi_star_beta=setup.pi_star_beta,
+                                         peak_radius=setup.peak_radius))
+            return carry, metrics
+
+        state = modeseek.init_train_state(params0, tx)
+        num_blocks = setup.num_steps // setup.eval_every
+        behaviour = params0 if setup.stale_batches else jnp.zeros((M, ref_logp.shape[0]))
+        (state, _), metrics = jax.lax.scan(block, (state, behaviour), jnp.arange(num_blocks))
+        # Reward queries so far: B·N per freshly drawn batch (the whole dataset, offline).
+        metrics.pop("fresh_batch")
+        metrics["reward_queries"] = jnp.cumsum(metrics.pop("new_batches")) * (batch_prompts * N)
         final_logp = jax.nn.log_softmax(policy.logits(state.params, eval_prompts), -1)
         metrics["final_probs"] = jnp.mean(jnp.exp(final_logp), 0)
         # How much the policy varies across prompts (the reward ignores them).
         metrics["final_reward_prompt_std"] = jnp.std(modeseek.expectation(final_logp, rewards_A))
-        metrics["sft_kl"] = sft_kl
         return metrics
 
     return train
