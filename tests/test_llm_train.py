@@ -84,8 +84,13 @@ def test_nan_stops_run_and_keeps_last_good_checkpoint(tmp_path):
     cfg.checkpoint_every = 1
     # an absurd step size: parameters overflow after the first update, the second loss is NaN
     stage = offline_stage(cfg, learning_rate=1e30, max_grad_norm=None, num_steps=3)
-    stage_dir = str(tmp_path / "nan" / "stage")
-    with pytest.raises(NonFiniteError, match="at step 2"):
+    _stops_after_first_checkpoint(cfg, stage, str(tmp_path / "nan" / "stage"),
+                                  NonFiniteError, "at step 2")
+
+
+def _stops_after_first_checkpoint(cfg, stage, stage_dir, error, message):
+    """The run raises `error` at step 2; step 1's checkpoint is the last, no summary."""
+    with pytest.raises(error, match=message):
         train.run_stage(cfg, stage, stage_dir)
     ckpt = checkpointing.RunCheckpointer(os.path.join(stage_dir, "checkpoints"), every=1)
     assert ckpt.latest_step() == 1
@@ -127,9 +132,5 @@ def test_bad_reward_stops_the_run_naming_it_and_keeps_the_last_checkpoint(tmp_pa
     cfg.checkpoint_every = 1
     cfg.reward.fn = "tests.engine_reward_fns:nan_on_second_call"
     stage = onpolicy_stage(cfg, num_iterations=3, reuse=1, minibatch_prompts=2)
-    stage_dir = str(tmp_path / "bad" / "stage")
-    with pytest.raises(RewardError, match="nan_on_second_call.*non-finite"):
-        train.run_stage(cfg, stage, stage_dir)
-    ckpt = checkpointing.RunCheckpointer(os.path.join(stage_dir, "checkpoints"), every=1)
-    assert ckpt.latest_step() == 1
-    assert not os.path.exists(os.path.join(stage_dir, "summary.json"))
+    _stops_after_first_checkpoint(cfg, stage, str(tmp_path / "bad" / "stage"), RewardError,
+                                  "nan_on_second_call.*non-finite")
