@@ -43,7 +43,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import modeseek  # noqa: E402
-from llm import logs, rollout, steps  # noqa: E402
+from llm import logs, steps  # noqa: E402
 from llm import sharding as shd  # noqa: E402
 from llm import state as st  # noqa: E402
 from modeseek import decoder as dec  # noqa: E402
@@ -58,24 +58,27 @@ def time_iterations(config, params, prompts, mask, *, iterations, warmup, sample
     """Mean seconds of generation / scoring / update over `iterations` after `warmup`."""
     mesh = shd.make_mesh(1, -1, 1)
     optimizer = modeseek.make_optimizer(learning_rate=1e-6, max_grad_norm=1.0)
-    loss_fn = steps.make_onpolicy_loss(config, "onpolicy_dpo",
-                                       steps.objective_hparams("onpolicy_dpo", {}))
+    policy = modeseek.PolicyModel(config)
+    sampling = modeseek.Sampling(max_new_tokens=max_new_tokens, pad_id=pad_id)
+    loss_fn = modeseek.make_rollout_loss("onpolicy_dpo", policy, sampling,
+                                         modeseek.resolve_hparams())
     shardings, _ = st.param_shardings(config, mesh)
     params = shd.place_params(params, shardings)
     ref = shd.place_params(jax.device_get(params), shardings)
     state_sh = st.state_shardings(optimizer, shardings, params, mesh)
     state = st.init_state(params, optimizer, state_sh)
-    generate = st.jit_eval(rollout.make_generate(
-        config, samples_per_prompt=samples_per_prompt, max_new_tokens=max_new_tokens,
-        eos_id=None, pad_id=pad_id), mesh)
-    score_fn = rollout.make_score(config, config, samples_per_prompt=samples_per_prompt,
-                                  reward_source="gold", recompute_old_logps=False)
-    score = jax.jit(lambda p, r, s: score_fn(p, r, None, s)[0])
     num_prompts = prompts.shape[0]
-    update = jax.jit(rollout.make_update(modeseek.make_train_step(loss_fn, optimizer), reuse=1,
-                                         minibatch_prompts=num_prompts,
-                                         samples_per_prompt=samples_per_prompt),
-                     out_shardings=(state_sh, shd.replicated(mesh)), donate_argnums=0)
+    generate = st.jit_eval(lambda p, t, m, k: modeseek.generate(
+        k, policy, p, t, m, sampling=sampling, samples_per_prompt=samples_per_prompt), mesh)
+
+    def score_fn(p, r, s):
+        rewards = -jnp.sum(s.response_mask, 1).astype(jnp.float32)
+        return modeseek.score_rollout(policy, p, r, s, rewards.reshape(num_prompts, -1))
+
+    score = st.jit_sharded(score_fn, mesh)
+    update = st.jit_train_step(
+        modeseek.make_update(modeseek.make_train_step(loss_fn, optimizer), reuse=1,
+                             minibatch_prompts=num_prompts), state_sh, mesh)
     g = shd.global_batch({"t": prompts, "m": mask}, mesh)
     rows = []
     for i in range(warmup + iterations):
@@ -83,14 +86,13 @@ def time_iterations(config, params, prompts, mask, *, iterations, warmup, sample
         t0 = time.perf_counter()
         samples = jax.block_until_ready(generate(state.params, g["t"], g["m"], key))
         t1 = time.perf_counter()
-        with st.mesh_context(mesh):
-            data = jax.block_until_ready(score(state.params, ref, samples))
+        data = jax.block_until_ready(score(state.params, ref, samples))
         t2 = time.perf_counter()
-        with st.mesh_context(mesh):
-            state, _ = jax.block_until_ready(update(state, data, key))
+        state, _ = jax.block_until_ready(update(state, data, key))
         t3 = time.perf_counter()
         if i >= warmup:
-            rows.append((t1 - t0, t2 - t1, t3 - t2, float(np.sum(jax.device_get(data["mask"])))))
+            rows.append((t1 - t0, t2 - t1, t3 - t2,
+                         float(np.sum(jax.device_get(data.attention_mask)))))
     gen, sc, upd, tokens = (float(np.mean(c)) for c in zip(*rows, strict=True))
     # tokens/s counts every real token once for scoring and once for the update
     return {"seconds_per_iteration": gen + sc + upd, "generation_s": gen, "scoring_s": sc,
@@ -175,8 +177,10 @@ def gpu_mode(args):
                       "mfu": logs.mfu(flops, seconds, peak)}), flush=True)
     del state
     gen_params = st.init_params_sharded(jax.random.key(1), config, shardings)
-    generate = jax.jit(rollout.make_generate(config, samples_per_prompt=1, max_new_tokens=256,
-                                             eos_id=None, pad_id=0))
+    gen_policy = modeseek.PolicyModel(config)
+    generate = jax.jit(lambda p, t, m, k: modeseek.generate(
+        k, gen_policy, p, t, m, sampling=modeseek.Sampling(max_new_tokens=256),
+        samples_per_prompt=1))
     prompts = jnp.asarray(rng.integers(0, 50000, (args.gen_batch, 128)).astype(np.int32))
     pmask = jnp.ones_like(prompts, bool)
     jax.block_until_ready(generate(gen_params, prompts, pmask, jax.random.key(0)))

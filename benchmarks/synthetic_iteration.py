@@ -43,6 +43,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+import modeseek
 from modeseek import decoder as dec
 from synthetic import train
 
@@ -64,8 +65,8 @@ def ours(iterations: int):
     setup = train.Setup(algorithm="onpolicy_dpo", model=CONFIG, prompt_len=16,
                         max_new_tokens=32, eos_id=None, reward="length",
                         prompts_per_iteration=8, samples_per_prompt=2, minibatch_prompts=8,
-                        reuse=1, iterations_per_chunk=1, learning_rate=1e-5,
-                        hparams=(("beta", 0.1),))
+                        reuse=1, iterations_per_chunk=1)
+    hparams = train.hparams_of(1e-5, {"beta": 0.1})
     key = jax.random.key(0)
     ref = dec.init_params(key, CONFIG)
     prompts = jax.random.randint(jax.random.key(1), (64, 16), 2, 512)
@@ -73,10 +74,12 @@ def ours(iterations: int):
                           mode=jnp.float32(0), gold_is_mode=jnp.asarray(False),
                           peak=jnp.float32(0))
     init, chunk = train.make_train(setup)
-    state, _ = init(key, task)
-    step = train.make_train_step(setup)
+    carry = init(key, task, hparams)
+    state, kl_coef = carry.state, carry.kl_coef
+    loss_fn = modeseek.make_rollout_loss(setup.algorithm, setup.policy, setup.sampling, hparams)
+    step = modeseek.make_train_step(loss_fn, train.make_optimizer(hparams))
     sample_fn = jax.jit(lambda p, k: train.sample_phase(setup, p, task, k))
-    score_fn = jax.jit(lambda p, o: train.score_phase(setup, p, task, o))
+    score_fn = jax.jit(lambda p, o: train.score_phase(setup, p, task, o, hparams, kl_coef))
     update_fn = jax.jit(lambda s, b, k: train.update_phase(setup, step, s, b, task, k))
     out = sample_fn(state.params, key)
     batch, _ = score_fn(state.params, out)
@@ -84,7 +87,7 @@ def ours(iterations: int):
     t_score = _time(score_fn, state.params, out, repeats=iterations)
     t_update = _time(update_fn, state, batch, key, repeats=iterations)
     fused = jax.jit(chunk)
-    t_fused = _time(fused, (state, key), task, repeats=iterations)
+    t_fused = _time(fused, carry, task, hparams, repeats=iterations)
     tokens = setup.prompts_per_iteration * setup.samples_per_prompt * setup.max_new_tokens
     return dict(sample_s=t_sample, score_s=t_score, update_s=t_update,
                 phases_total_s=t_sample + t_score + t_update, fused_iteration_s=t_fused,

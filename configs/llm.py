@@ -27,6 +27,7 @@ command line, e.g. `--config.stages.onpolicy_dpo.num_iterations=10 --config.mesh
 
 import ml_collections
 
+from llm.rewards import reward_config
 from modeseek.taxonomy import DEFAULT_HPARAMS
 
 
@@ -41,9 +42,9 @@ def stage(name, kind, **overrides):
         minibatch_prompts=4, max_new_tokens=48, temperature=1.0, top_k=0, top_p=1.0,
         learning_rate=1e-5, schedule="constant", warmup_steps=0, max_grad_norm=1.0,
         weight_decay=0.0, accumulation_steps=1, preempt_at_step=0))
-    s.hparams = ml_collections.ConfigDict(dict(DEFAULT_HPARAMS))
-    s.ppo = ml_collections.ConfigDict(dict(vf_coef=0.1, gamma=1.0, lam=0.95, init_kl_coef=0.05,
-                                           kl_target=6.0, kl_horizon=10000))
+    # the taxonomy's defaults (their one home; validated by modeseek.resolve_hparams), with
+    # Ziegler et al.'s adaptive KL target (nats per sample) for token-level PPO stages
+    s.hparams = ml_collections.ConfigDict(dict(DEFAULT_HPARAMS, kl_target=6.0))
     for key, value in overrides.items():
         if isinstance(value, dict):
             s[key].update(value)
@@ -67,6 +68,11 @@ def base(model, train, test, *, max_prompt_len, max_response_len):
                                             temperature=1.0, batch_size=16))
     c.checkpoint_every = 10
     c.wandb = False
+    # rewards as data (llm.rewards): `reward` is the training (proxy) reward of the on-policy
+    # stages when it names one (rule, fn or path; e.g. --config.reward.fn=pkg.mod:score);
+    # otherwise each stage's `reward_model` stage is the proxy. `gold` rewards are logged only.
+    c.reward = reward_config("rule")
+    c.gold = ml_collections.ConfigDict()
     c.stages = ml_collections.ConfigDict()
     return c
 
@@ -82,6 +88,7 @@ def min_length(model, *, tiny=False):
     c.data.use_chat_template = not tiny
     c.data.skip_bad_rows = True  # truncation can make a pair identical: left out and counted
     c.data.ref_batch_size = 8
+    c.gold.neg_length = reward_config("rule", rule="neg_length")  # Min Length: gold = −length
     policy = dict(learning_rate=2e-5, reward_model="reward_model")
     c.stages.reward_model = stage("reward_model", "reward_model", trunk_layers=2, num_steps=40,
                                   batch_size=8, learning_rate=1e-4)
@@ -143,12 +150,15 @@ def get_config(arg: str = "smollm2_min_length"):
                        algorithms=("onpolicy_rwr", "reinforce", "onpolicy_dpo", "offline_dpo",
                                    "pref_ft", "ppo"), batch=64)
         c.data.use_chat_template = False
+        c.gold.alpacafarm_rm = reward_config("hf_model", path="/data/alpacafarm-reward-model-7b",
+                                             dtype="bfloat16")
         return c
     if arg == "mistral_ultrafeedback":
         c = full_scale("/data/mistral-7b", "/data/ultrafeedback/train.jsonl",
                        "/data/ultrafeedback/test.jsonl", mesh=dict(data=1, fsdp=-1, tensor=4),
                        algorithms=("offline_dpo", "pref_ft", "onpolicy_dpo"), batch=64)
         c.data.use_chat_template = False
+        c.gold.ultrarm = reward_config("hf_model", path="/data/UltraRM-13b", dtype="bfloat16")
         return c
     raise ValueError(f"unknown config {arg!r}: smollm2_min_length | tiny | pythia_alpacafarm | "
                      "mistral_ultrafeedback")

@@ -25,6 +25,8 @@ range 1–64 / mode 24 so the study fits its CPU budget); the token bandit uses 
 
 import ml_collections
 
+from modeseek.taxonomy import DEFAULT_HPARAMS
+
 CORE = ("onpolicy_dpo", "offline_dpo", "ppo", "onpolicy_rwr", "pref_ft", "onpolicy_bofn")
 ALL = CORE + ("onpolicy_ipo", "offline_ipo", "reinforce", "rloo")
 
@@ -65,10 +67,9 @@ def get_config(arg: str = ""):
     c.reuse = 2                      # T
     c.offline_pairs = 16             # pairs per offline step (= B/C·C/2 sequences' worth)
     c.learning_rates = ml_collections.ConfigDict(LEARNING_RATES)
-    c.hparams = ml_collections.ConfigDict(dict(
-        beta=0.1, tau=0.05, threshold=0.0, label_smoothing=0.0, clip_eps=0.2, kl_coef=0.05,
-        negative_coef=1.0, rwr_beta=1.0, weight_clip=10.0, vf_coef=0.1, gae_lambda=0.95,
-        value_clip=0.2))
+    c.learning_rate = 0.0            # > 0: this rate for every algorithm (traced: no recompile)
+    # loss hyperparameters: the taxonomy's defaults (their one home), overridable here
+    c.hparams = ml_collections.ConfigDict(dict(DEFAULT_HPARAMS))
     c.overrides = ml_collections.ConfigDict({})
     c.data = _length_data()
     c.model = ml_collections.ConfigDict(dict(num_layers=2))  # overrides of the model preset

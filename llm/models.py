@@ -19,12 +19,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from llm import checkpointing, steps
+from llm import checkpointing, reward_pass, rewards, steps
 from llm import sharding as shd
 from llm import state as st
 from llm.byte_tokenizer import VOCAB_SIZE, ByteTokenizer
 from llm.checkpoints import load_model
 from llm.data import make_loader
+from llm.reward_models import concat_rows
+from llm.reward_types import Reward
 from modeseek import decoder as dec
 from modeseek import sampler
 
@@ -87,7 +89,7 @@ class StageEnv:
 
     def initial_params(self, *, with_head: bool = False):
         """(params, shardings) of the policy (or of a scalar model when `with_head`)."""
-        init = self.stage_cfg.get("init", "")
+        init = self.stage_cfg.init
         if init:
             if self.config_of(init) != self.model_config:
                 raise ValueError(f"stage {self.stage_cfg.name}: init stage {init!r} has another "
@@ -103,12 +105,52 @@ class StageEnv:
         return {"decoder": decoder, "head": head}, {"decoder": dec_sh, "head": head_sh}
 
     def reward_params(self):
-        name = self.stage_cfg.get("reward_model", "")
+        name = self.stage_cfg.reward_model
         return self.load_stage_params(name, with_head=True)[0] if name else None
 
     def reward_config(self) -> dec.DecoderConfig:
-        name = self.stage_cfg.get("reward_model", "")
+        name = self.stage_cfg.reward_model
         return self.config_of(name) if name else self.model_config
+
+    def rewards(self) -> tuple[Reward, dict]:
+        """(proxy, {name: gold}): the proxy trains the on-policy stages, the golds are logged
+        only. Proxy: `cfg.reward` when it names one (a rule, `fn` or a checkpoint `path`),
+        else the stage's `reward_model` stage, else the first gold reward."""
+        spec = self.cfg.reward
+        active = bool(spec.fn or spec.rule or spec.path)
+        proxy, golds = rewards.build_rewards(spec if active else None, self.cfg.gold,
+                                             tokenizer=self.tokenizer)
+        if proxy is None and self.stage_cfg.reward_model:
+            proxy = self._stage_reward_model()
+        if proxy is None:
+            if not golds:
+                raise ValueError(f"stage {self.stage_cfg.name}: no training reward: set "
+                                 "reward (a rule, fn or path), the stage's reward_model, or a "
+                                 "gold reward")
+            proxy = next(iter(golds.values()))
+        return proxy, golds
+
+    def _stage_reward_model(self) -> Reward:
+        """The reward_model stage of this run as a device Reward (parameters sharded)."""
+        config, params = self.reward_config(), self.reward_params()
+
+        def score_fn(p, tokens, mask):
+            return dec.score(p, config, tokens, mask)
+
+        jitted = jax.jit(score_fn)
+        return Reward(self.stage_cfg.reward_model, "model", False,
+                      lambda inputs, p: np.asarray(jitted(p, *concat_rows(inputs))),
+                      params=params, score_fn=score_fn)
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """The one EOS set (every id that ends a turn) used by sampling, training data and
+        evaluation."""
+        return tuple(getattr(self.tokenizer, "eos_ids", ())) or (int(self.tokenizer.eos_id),)
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
 
     # ------------------------------------------------------------------ evaluation
     def _loader(self, batch_size, prompts_only):
@@ -123,11 +165,12 @@ class StageEnv:
         return it
 
     def make_evaluator(self, kind: str):
-        """params -> eval metrics: held-out pair accuracy for reward models, else the length,
-        gold reward (−length) and proxy reward of one sample per held-out prompt."""
+        """params -> eval metrics: held-out pair accuracy for reward models, else, for one
+        sample per held-out prompt, eval/length, eval/proxy_reward, eval/gold/<name> for every
+        gold reward and eval/gold_reward (the first gold's value)."""
         ev = self.cfg.eval
         if kind == "reward_model":
-            pairs = [shd.global_batch({k: b[k] for k in steps_keys()}, self.mesh)
+            pairs = [shd.global_batch({k: b[k] for k in steps.PAIR_KEYS}, self.mesh)
                      for b in self._loader(ev.batch_size, False)]
             scores_fn = st.jit_eval(lambda p, b: steps.reward_scores(p, self.model_config, b),
                                     self.mesh)
@@ -140,35 +183,44 @@ class StageEnv:
         prompts = next(iter(self._loader(ev.num_prompts, True)))
         prompts = shd.global_batch({k: prompts[k] for k in ("prompt_tokens", "prompt_mask")},
                                    self.mesh)
-        reward, reward_config = self.reward_params(), self.reward_config()
-        pad_id = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
+        device, host = reward_pass.split(reward_pass.labelled(*self.rewards()))
+        params = reward_pass.device_params(device)
+        first_gold = next((k for k in (*device, *host) if k.startswith("gold/")), None)
 
         # prompts are arguments, not closed-over constants: they span every process's devices
-        def sample_and_score(params, reward_params, prompt_tokens, prompt_mask, key):
-            out = sampler.sample(key, params, self.model_config, prompt_tokens,
+        def sample_and_score(policy_params, reward_params, prompt_tokens, prompt_mask, key):
+            out = sampler.sample(key, policy_params, self.model_config, prompt_tokens,
                                  prompt_mask, max_new_tokens=ev.max_new_tokens,
-                                 temperature=ev.temperature, eos_id=self.tokenizer.eos_id,
-                                 pad_id=pad_id)
-            length = out.response_mask.sum(1).astype(np.float32)
-            proxy = (dec.score(reward_params, reward_config, out.tokens, out.mask)
-                     if reward_params is not None else -length)
-            return {"eval/length": length.mean(), "eval/gold_reward": -length.mean(),
-                    "eval/proxy_reward": proxy.mean()}
+                                 temperature=ev.temperature, eos_id=self.eos_ids,
+                                 pad_id=self.pad_id)
+            shape = (out.tokens.shape[0], 1)
+            return out, reward_pass.device_scores(device, reward_params, out, shape)
 
         run = st.jit_eval(sample_and_score, self.mesh)
         key = jax.random.key(self.cfg.seed + 7)  # the same samples' randomness at every eval
 
-        def evaluate_policy(params):
-            params = params["decoder"] if "decoder" in params else params
-            out = run(params, reward, prompts["prompt_tokens"], prompts["prompt_mask"], key)
-            return {k: float(v) for k, v in jax.device_get(out).items()}
+        def evaluate_policy(params_):
+            policy = params_["decoder"] if "decoder" in params_ else params_
+            out, scores = run(policy, params, prompts["prompt_tokens"], prompts["prompt_mask"],
+                              key)
+            shape = (out.tokens.shape[0], 1)
+            more, _ = reward_pass.host_scores(host, out, shape)
+            scores = {**scores, **more}
+            reward_pass.check_all({**device, **host}, scores, shape)
+            length = np.asarray(jax.device_get(out.response_mask)).sum(1)
+            metrics = {"eval/length": float(length.mean())}
+            metrics.update({f"eval/{k}_reward" if k == "proxy" else f"eval/{k}":
+                            float(np.mean(jax.device_get(v))) for k, v in scores.items()})
+            if first_gold is not None:
+                metrics["eval/gold_reward"] = metrics[f"eval/{first_gold}"]
+            return metrics
         return evaluate_policy
 
     # ------------------------------------------------------------------ output
     def finish(self, stage_dir: str, params, last_metrics: dict) -> dict:
         checkpointing.save_params(os.path.join(stage_dir, "params"), params)
         summary = {"status": "done", "stage": self.stage_cfg.name, "kind": self.stage_cfg.kind,
-                   "algorithm": self.stage_cfg.get("algorithm", ""),
+                   "algorithm": self.stage_cfg.algorithm,
                    "final": {k: float(v) for k, v in last_metrics.items()}}
         if jax.process_index() == 0:
             with open(os.path.join(stage_dir, "summary.json"), "w") as f:
@@ -179,7 +231,7 @@ class StageEnv:
 def stage_model_config(base: dec.DecoderConfig, stage_cfg) -> dec.DecoderConfig:
     """A stage's model: the base, or for `trunk_layers` = k > 0 its first k layers (a cheaper
     reward-model trunk: embedding, layers 0..k−1, final norm, scalar head)."""
-    k = stage_cfg.get("trunk_layers", 0)
+    k = stage_cfg.trunk_layers
     if not k:
         return base
     if k > base.num_layers:
@@ -195,14 +247,9 @@ def truncate_layers(params, num_layers: int):
 
 def train_source(cfg, stage_cfg):
     """The stage's training data: the file, or its first `stage.train_rows` rows (0 = all)."""
-    if not stage_cfg.get("train_rows", 0):
+    if not stage_cfg.train_rows:
         return cfg.data.train
     from llm.data import read_preference_file
 
     rows, _ = read_preference_file(cfg.data.train, skip_bad_rows=cfg.data.skip_bad_rows)
     return rows[: stage_cfg.train_rows]
-
-
-def steps_keys():
-    return ("prompt_tokens", "prompt_mask", "chosen_tokens", "chosen_mask", "rejected_tokens",
-            "rejected_mask")

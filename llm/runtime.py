@@ -1,15 +1,25 @@
-"""Pieces every stage loop shares: the optimizer from a stage config, host-side metric reads
-with the NaN/inf guard, and SIGTERM-driven preemption."""
+"""The one stage loop (nanodo's shape) and the pieces it shares: the optimizer from a stage
+config, host-side metric reads with the NaN/inf guard, and SIGTERM-driven preemption.
+
+    run_loop(cfg, stage_cfg, stage_dir, env, state=..., step_fn=..., num_steps=..., ...)
+
+resume from the latest checkpoint → evaluate at step 0 → per step: `step_fn` (the stage kind's
+jitted work and its batches) → NaN guard → evaluate when due → log → checkpoint when due or on
+SIGTERM → save the final parameters and summary. SFT, reward-model, offline and on-policy
+stages differ only in their `step_fn`.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 
 import jax
 import numpy as np
 
 import modeseek
+from llm import checkpointing, logs
 
 
 class NonFiniteError(RuntimeError):
@@ -35,7 +45,7 @@ def step_boundary(stage_cfg, ckpt, preempt: Preemption, step: int, *save_args) -
     """End of step `step` (1-based count of finished steps): checkpoint when due or when a
     SIGTERM arrived; True when the loop must stop. `preempt_at_step` in the stage config sends
     a real SIGTERM at that step (the kill-and-resume tests)."""
-    if stage_cfg.get("preempt_at_step") == step:
+    if stage_cfg.preempt_at_step == step:
         os.kill(os.getpid(), signal.SIGTERM)
     if ckpt.due(step) or preempt.requested:
         ckpt.save(step, *save_args)
@@ -49,11 +59,19 @@ def close_all(*resources) -> None:
 
 
 def check_finite(metrics: dict, step: int) -> None:
+    """Raise NonFiniteError when loss or grad_norm is NaN/inf. Metrics stacked over the K
+    gradient steps of loop step `step` name the gradient step (K·(step − 1) + i + 1)."""
     for name in ("loss", "grad_norm"):
-        value = np.asarray(metrics.get(name, 0.0))
-        if not np.all(np.isfinite(value)):
-            raise NonFiniteError(f"non-finite {name} ({value}) at step {step}; the run stops and "
-                                 "the last good checkpoint is kept")
+        if name not in metrics:
+            continue
+        value = np.asarray(jax.device_get(metrics[name])).reshape(-1)
+        bad = np.flatnonzero(~np.isfinite(value))
+        if bad.size:
+            where = (f"step {step}" if value.size == 1 else
+                     f"gradient step {value.size * (step - 1) + int(bad[0]) + 1} (iteration "
+                     f"{step})")
+            raise NonFiniteError(f"non-finite {name} ({value[bad[0]]}) at {where}; the run stops "
+                                 "and the last good checkpoint is kept")
 
 
 def host_metrics(metrics) -> dict:
@@ -61,9 +79,54 @@ def host_metrics(metrics) -> dict:
 
 
 def make_optimizer(stage_cfg, total_updates: int):
+    """The stage's optimizer: config fields unpacked into `modeseek.make_optimizer`'s keywords."""
     return modeseek.make_optimizer(
-        learning_rate=stage_cfg.learning_rate, schedule=stage_cfg.get("schedule", "constant"),
-        warmup_steps=stage_cfg.get("warmup_steps", 0), total_steps=total_updates,
-        max_grad_norm=stage_cfg.get("max_grad_norm", 1.0),
-        weight_decay=stage_cfg.get("weight_decay", 0.0),
-        accumulation_steps=stage_cfg.get("accumulation_steps", 1))
+        learning_rate=stage_cfg.learning_rate, schedule=stage_cfg.schedule,
+        warmup_steps=stage_cfg.warmup_steps, total_steps=total_updates,
+        max_grad_norm=stage_cfg.max_grad_norm, weight_decay=stage_cfg.weight_decay,
+        accumulation_steps=stage_cfg.accumulation_steps)
+
+
+def run_loop(cfg, stage_cfg, stage_dir: str, env, *, state, step_fn: Callable,
+             num_steps: int, iterator, evaluate, resume: bool, extra: dict | None = None,
+             bar_metric: str = "loss") -> dict:
+    """The stage loop (module docstring). `step_fn(state, key, step, extra) -> (state,
+    update_metrics (device; may be stacked over gradient steps), more metrics (host floats),
+    extra)` does one step; key = fold_in(PRNGKey(cfg.seed), step). `extra` (JSON numbers, e.g.
+    the adaptive KL coefficient) is checkpointed with the state and restored on resume.
+    Returns the stage summary, or {"status": "preempted", "step": n} after a SIGTERM."""
+    rng = jax.random.key(cfg.seed)
+    ckpt = checkpointing.RunCheckpointer(os.path.join(stage_dir, "checkpoints"),
+                                         every=cfg.checkpoint_every)
+    extra, start = dict(extra or {}), 0
+    if resume and ckpt.latest_step() is not None:
+        state, rng, restored = ckpt.restore(state, rng, iterator)
+        start = int(restored.pop("step"))
+        extra.update(restored)
+    logger = logs.MetricsLogger(stage_dir, resume_step=start if start else None,
+                                use_wandb=cfg.wandb, config=cfg.to_dict())
+    preempt = Preemption()
+    bar = logs.progress(num_steps, start, stage_cfg.name)
+    status, metrics, step = "done", {}, start
+    try:
+        if start == 0 and evaluate is not None:
+            logger.log(0, evaluate(state.params))
+        for step in range(start + 1, num_steps + 1):
+            state, update_metrics, more, extra = step_fn(
+                state, jax.random.fold_in(rng, step - 1), step - 1, extra)
+            check_finite(update_metrics, step)
+            metrics = {**host_metrics(update_metrics), **more}
+            if evaluate is not None and (step % cfg.eval.every == 0 or step == num_steps):
+                metrics.update(evaluate(state.params))
+            logger.log(step, metrics)
+            bar.update(1)
+            bar.set_postfix({bar_metric: f"{metrics[bar_metric]:.4f}"})
+            if step_boundary(stage_cfg, ckpt, preempt, step, state, rng, iterator,
+                             {"step": step, **extra}):
+                status = "preempted"
+                break
+    finally:
+        close_all(preempt, bar, logger, ckpt)
+    if status == "preempted":
+        return {"status": status, "step": step}
+    return env.finish(stage_dir, state.params, metrics)

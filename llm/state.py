@@ -69,25 +69,26 @@ def mesh_context(mesh):
         yield
 
 
-def jit_train_step(train_step, shardings, mesh, *, donate: bool = True):
-    """jit(train_step) with the state kept in `shardings` and donated; metrics replicated."""
-    jitted = jax.jit(train_step, out_shardings=(shardings, shd.replicated(mesh)),
-                     donate_argnums=(0,) if donate else ())
-
-    def step(state, batch, key):
-        with mesh_context(mesh):
-            return jitted(state, batch, key)
-
-    step.jitted = jitted
-    return step
-
-
-def jit_eval(fn, mesh):
-    """jit(fn) whose outputs are replicated (small per-batch results read on the host)."""
-    jitted = jax.jit(fn, out_shardings=shd.replicated(mesh))
+def jit_sharded(fn, mesh, *, out_shardings=None, donate_argnums=()):
+    """The one jit helper: jit(fn) with output shardings and donation, traced and run under the
+    mesh and logical rules (`mesh_context`). The jitted function is `.jitted`."""
+    jitted = jax.jit(fn, out_shardings=out_shardings, donate_argnums=donate_argnums)
 
     def run(*args):
         with mesh_context(mesh):
             return jitted(*args)
 
+    run.jitted = jitted
     return run
+
+
+def jit_train_step(train_step, shardings, mesh, *, donate: bool = True):
+    """jit(train_step) with the state kept in `shardings` and donated; metrics replicated.
+    Serves any `(state, batch, key) -> (state, metrics)`, e.g. a whole on-policy update."""
+    return jit_sharded(train_step, mesh, out_shardings=(shardings, shd.replicated(mesh)),
+                       donate_argnums=(0,) if donate else ())
+
+
+def jit_eval(fn, mesh):
+    """jit(fn) whose outputs are replicated (small per-batch results read on the host)."""
+    return jit_sharded(fn, mesh, out_shardings=shd.replicated(mesh))

@@ -10,8 +10,8 @@ loss mask covers response tokens only (never prompt or padding); log-probs follo
 Batches (device arrays, batch dimension first):
   offline pairs  prompt_tokens [B,P], prompt_mask, chosen_tokens/rejected_tokens [B,T], masks,
                  and for preference stages ref_logps [B,2] (chosen, rejected) from the cache;
-  on-policy      tokens [P·N, S], mask [P·N, S] (attention), response_mask [P·N, S] (loss),
-                 rewards / ref_logps / old_logps / valid [P, N].
+  on-policy      a `modeseek.Rollout` [P, N, ...]: its loss is `modeseek.make_rollout_loss`
+                 (llm.onpolicy), the same one the synthetic tier trains with.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ import jax.numpy as jnp
 
 import modeseek
 from modeseek import decoder as dec
-from modeseek.taxonomy import DEFAULT_HPARAMS, get_algorithm
+from modeseek.taxonomy import get_algorithm
+
+PAIR_KEYS = ("prompt_tokens", "prompt_mask", "chosen_tokens", "chosen_mask", "rejected_tokens",
+             "rejected_mask")
 
 
 def join_pair(batch, which: str):
@@ -88,19 +91,10 @@ def make_reward_model_loss(config, *, label_smoothing: float = 0.0):
 
 
 def objective_hparams(algorithm: str, overrides) -> dict:
-    """DEFAULT_HPARAMS updated with `overrides`; the algorithm's required names must be > 0."""
-    hparams = {**DEFAULT_HPARAMS, **dict(overrides or {})}
-    for name in get_algorithm(algorithm).needs:
-        if not hparams[name] > 0:
-            raise ValueError(f"{algorithm}: hyperparameter {name} must be > 0, got {hparams[name]}")
-    return hparams
-
-
-def _objective_metrics(logps, batch):
-    ratio = logps - batch["ref_logps"]
-    return {"logratio/chosen": jnp.mean(ratio[:, 0]), "logratio/rejected": jnp.mean(ratio[:, 1]),
-            "rewards/accuracy": jnp.mean(ratio[:, 0] > ratio[:, 1]),
-            "logps/chosen": jnp.mean(logps[:, 0]), "logps/rejected": jnp.mean(logps[:, 1])}
+    """The algorithm's hyperparameters: `modeseek.resolve_hparams(overrides)` (the taxonomy is
+    the one home of defaults and validation); unknown algorithms raise, listing the known."""
+    get_algorithm(algorithm)
+    return modeseek.resolve_hparams(overrides)
 
 
 def make_offline_loss(config, algorithm: str, hparams):
@@ -114,25 +108,8 @@ def make_offline_loss(config, algorithm: str, hparams):
         rewards = jnp.broadcast_to(jnp.array([1.0, 0.0]), logps.shape)
         group = {"rewards": rewards, "ref_logps": batch["ref_logps"],
                  "old_logps": batch["ref_logps"], "mask": jnp.ones(logps.shape, bool)}
-        return objective(logps, group, hparams), _objective_metrics(logps, batch)
-
-    return loss_fn
-
-
-def make_onpolicy_loss(config, algorithm: str, hparams):
-    """Taxonomy objective on P prompts × N sampled responses (flattened rows, see module doc)."""
-    objective = get_algorithm(algorithm).objective
-
-    def loss_fn(params, batch, key):
-        del key
-        shape = batch["rewards"].shape
-        logps = sequence_logps(params, config, batch["tokens"], batch["mask"],
-                               batch["response_mask"]).reshape(shape)
-        group = {"rewards": batch["rewards"], "ref_logps": batch["ref_logps"],
-                 "old_logps": batch["old_logps"], "mask": batch["valid"]}
-        loss = objective(logps, group, hparams)
-        ratio = logps - batch["ref_logps"]
-        return loss, {"logratio/mean": modeseek.masked_mean(ratio, batch["valid"]),
-                      "logps/mean": modeseek.masked_mean(logps, batch["valid"])}
+        metrics = modeseek.preference_metrics(logps[:, 0], logps[:, 1], batch["ref_logps"][:, 0],
+                                              batch["ref_logps"][:, 1], beta=1.0)
+        return objective(logps, group, hparams), metrics
 
     return loss_fn

@@ -9,13 +9,14 @@ one entry of `cfg.stages`. Stage kinds:
   offline       a taxonomy objective on the offline pairs (pref_ft, offline_dpo, offline_ipo,
                 ...); reference log-probs computed once before training and cached in
                 <stage>/ref_logps.npy (no reference model is kept);
-  onpolicy      sample → score → update per iteration (llm.rollout; PPO via llm.ppo).
+  onpolicy      sample → score → update per iteration (`modeseek.engine`, llm.onpolicy).
 
-The loop body is all jitted device work; the host reads only the step's scalar metrics, which
-is also where NaN/inf is caught (`NonFiniteError` names the step; no checkpoint is written
-after a bad step). A SIGTERM makes the loop save a checkpoint and return "preempted"; with
-`resume=True` the stage continues from its latest checkpoint and reproduces the uninterrupted
-run's metrics exactly on CPU.
+Every kind runs in the one stage loop `llm.runtime.run_loop`, supplying its step function and
+batches. The loop body is all jitted device work; the host reads only the step's scalar
+metrics, which is also where NaN/inf is caught (`NonFiniteError` names the step; no checkpoint
+is written after a bad step). A SIGTERM makes the loop save a checkpoint and return
+"preempted"; with `resume=True` the stage continues from its latest checkpoint and
+reproduces the uninterrupted run's metrics exactly on CPU.
 """
 
 from __future__ import annotations
@@ -28,18 +29,11 @@ import jax
 import numpy as np
 
 import modeseek
-from llm import checkpointing, logs, models, onpolicy, steps
+from llm import models, onpolicy, steps
 from llm import sharding as shd
 from llm import state as st
 from llm.data import make_loader
-from llm.runtime import (
-    Preemption,
-    check_finite,
-    close_all,
-    host_metrics,
-    make_optimizer,
-    step_boundary,
-)
+from llm.runtime import make_optimizer, run_loop
 
 
 def pair_loader(cfg, tokenizer, source, batch_size, *, shuffle, seed, num_epochs=None):
@@ -60,8 +54,7 @@ def device_batch(batch: dict, mesh, keys) -> dict:
     return shd.global_batch({k: batch[k] for k in keys}, mesh)
 
 
-PAIR_KEYS = ("prompt_tokens", "prompt_mask", "chosen_tokens", "chosen_mask", "rejected_tokens",
-             "rejected_mask")
+PAIR_KEYS = steps.PAIR_KEYS
 
 
 def reference_cache(cfg, stage_cfg, stage_dir, tokenizer, mesh, model_config, params) -> np.ndarray:
@@ -112,7 +105,7 @@ def run_stage(cfg, stage_cfg, stage_dir: str, *, resume: bool = False) -> dict:
 
 
 def run_batches(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
-    """The loop for SFT, reward-model and offline preference stages (one batch per step)."""
+    """SFT, reward-model and offline preference stages: one batch per step in the stage loop."""
     mesh, model_config = env.mesh, env.model_config
     kind, num_steps = stage_cfg.kind, stage_cfg.num_steps
     optimizer = make_optimizer(stage_cfg, num_steps)
@@ -126,7 +119,8 @@ def run_batches(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
         if modeseek.get_algorithm(stage_cfg.algorithm).on_policy:
             raise ValueError(f"stage {stage_cfg.name}: {stage_cfg.algorithm} is on-policy; use "
                              "kind='onpolicy'")
-        hparams = steps.objective_hparams(stage_cfg.algorithm, stage_cfg.hparams)
+        hparams = modeseek.resolve_hparams(stage_cfg.hparams,
+                                           where=f"stages.{stage_cfg.name}.hparams")
         loss_fn = steps.make_offline_loss(model_config, stage_cfg.algorithm, hparams)
         ref_cache = reference_cache(cfg, stage_cfg, stage_dir, env.tokenizer, mesh, model_config,
                                     params)
@@ -135,51 +129,24 @@ def run_batches(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
         raise ValueError(f"unknown stage kind {kind!r}: sft | reward_model | offline | onpolicy")
     state_sh = st.state_shardings(optimizer, param_sh, params, mesh)
     state = st.init_state(params, optimizer, state_sh)
-    step_fn = st.jit_train_step(modeseek.make_train_step(loss_fn, optimizer), state_sh, mesh)
+    train_step = st.jit_train_step(modeseek.make_train_step(loss_fn, optimizer), state_sh, mesh)
     it, _ = pair_loader(cfg, env.tokenizer, models.train_source(cfg, stage_cfg),
-                        stage_cfg.batch_size,
-                        shuffle=True, seed=cfg.seed)
-    rng = jax.random.key(cfg.seed)
-    ckpt = checkpointing.RunCheckpointer(os.path.join(stage_dir, "checkpoints"),
-                                         every=cfg.checkpoint_every)
-    start = 0
-    if resume and ckpt.latest_step() is not None:
-        state, rng, _ = ckpt.restore(state, rng, it)
-        start = int(jax.device_get(state.step))
-    logger = logs.MetricsLogger(stage_dir, resume_step=start if start else None,
-                                use_wandb=cfg.get("wandb", False), config=cfg.to_dict())
+                        stage_cfg.batch_size, shuffle=True, seed=cfg.seed)
+
+    def step_fn(state, key, step, extra):
+        del step
+        t0 = time.perf_counter()
+        batch = next(it)
+        if kind == "offline":
+            batch = dict(batch, ref_logps=ref_cache[batch["row_index"]])
+        state, metrics = jax.block_until_ready(
+            train_step(state, device_batch(batch, mesh, keys), key))
+        seconds = time.perf_counter() - t0
+        tokens = int(np.sum(batch["prompt_mask"]) + np.sum(batch["chosen_mask"])
+                     + (np.sum(batch["rejected_mask"]) if kind != "sft" else 0))
+        return state, metrics, {"time_update": seconds,
+                                "tokens_per_s": tokens * jax.process_count() / seconds}, extra
+
     evaluate = env.make_evaluator(kind) if cfg.eval.every else None
-    preempt = Preemption()
-    bar = logs.progress(num_steps, start, stage_cfg.name)
-    status, metrics = "done", {}
-    try:
-        if start == 0 and evaluate is not None:
-            logger.log(0, evaluate(state.params))
-        for step in range(start, num_steps):
-            t0 = time.perf_counter()
-            batch = next(it)
-            if kind == "offline":
-                batch = dict(batch, ref_logps=ref_cache[batch["row_index"]])
-            gbatch = device_batch(batch, mesh, keys)
-            state, metrics = step_fn(state, gbatch, jax.random.fold_in(rng, step))
-            metrics = host_metrics(metrics)
-            check_finite(metrics, step + 1)
-            seconds = time.perf_counter() - t0
-            tokens = int(np.sum(batch["prompt_mask"]) + np.sum(batch["chosen_mask"])
-                         + (np.sum(batch["rejected_mask"]) if kind != "sft" else 0))
-            metrics.update(time_update=seconds, tokens_per_s=tokens * jax.process_count()
-                           / seconds)
-            if evaluate is not None and ((step + 1) % cfg.eval.every == 0
-                                         or step + 1 == num_steps):
-                metrics.update(evaluate(state.params))
-            logger.log(step + 1, metrics)
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-            if step_boundary(stage_cfg, ckpt, preempt, step + 1, state, rng, it):
-                status = "preempted"
-                break
-    finally:
-        close_all(preempt, bar, logger, ckpt)
-    if status == "preempted":
-        return {"status": status, "step": int(jax.device_get(state.step))}
-    return env.finish(stage_dir, state.params, metrics)
+    return run_loop(cfg, stage_cfg, stage_dir, env, state=state, step_fn=step_fn,
+                    num_steps=num_steps, iterator=it, evaluate=evaluate, resume=resume)

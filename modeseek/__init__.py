@@ -35,12 +35,27 @@ from modeseek.decoder import (
     score,
     token_values,
 )
+from modeseek.engine import (
+    PolicyModel,
+    Rollout,
+    Sampling,
+    add_ppo_targets,
+    generate,
+    make_rollout_loss,
+    make_update,
+    minibatch_orders,
+    rollout_metrics,
+    score_rollout,
+)
 from modeseek.likelihood import best_of_n_loss, nll_loss, reward_ranks, rwr_loss, rwr_weights
 from modeseek.logprobs import (
     categorical_logprobs,
     masked_mean,
+    pack_mask,
+    sampled_token_logprobs,
     sequence_logprobs,
     token_logprobs,
+    unpack_mask,
 )
 from modeseek.metrics import (
     entropy,
@@ -65,6 +80,7 @@ from modeseek.policy_gradient import (
     ppo_clip_loss,
     reinforce_loss,
 )
+from modeseek.ppo import adaptive_kl_coef, ppo_targets, ppo_token_objective
 from modeseek.rewards import (
     negative_length,
     negative_length_distance,
@@ -73,7 +89,14 @@ from modeseek.rewards import (
     response_length,
 )
 from modeseek.sampler import SampleOutput, bucket_length, pad_prompts, sample
-from modeseek.taxonomy import ALGORITHMS, DEFAULT_HPARAMS, Algorithm, get_algorithm
+from modeseek.taxonomy import (
+    ALGORITHMS,
+    DEFAULT_HPARAMS,
+    HPARAMS,
+    Algorithm,
+    get_algorithm,
+    resolve_hparams,
+)
 from modeseek.train import (
     TrainState,
     init_train_state,

@@ -66,6 +66,7 @@ class RunningStats(NamedTuple):
 
 
 def running_stats_init() -> RunningStats:
+    """Empty statistics (count 0)."""
     zero = jnp.zeros((), jnp.float32)
     return RunningStats(count=zero, mean=zero, m2=zero)
 

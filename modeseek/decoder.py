@@ -142,6 +142,7 @@ def _abstract_boxed(config: DecoderConfig):
 
 @functools.partial(jax.jit, static_argnums=1)
 def init_params(key: jax.Array, config: DecoderConfig) -> Params:
+    """Random decoder parameters (a plain nested dict of arrays) for `config`."""
     tokens = jnp.zeros((1, 1), jnp.int32)
     mask = jnp.ones((1, 1, 1), bool)
     return nn.unbox(Decoder(config).init(key, tokens, tokens, mask)["params"])
@@ -262,6 +263,8 @@ def forward_cached(params: Params, config: DecoderConfig, tokens_BxL: jax.Array,
 
 
 def init_scalar_head(key: jax.Array, config: DecoderConfig) -> Params:
+    """A scalar head {"kernel" [D] ~ N(0, 1/D), "bias" 0} read from the final hidden states
+    (reward models, PPO value functions)."""
     kernel = jax.random.normal(key, (config.embed_dim,), jnp.float32) / math.sqrt(config.embed_dim)
     return {"kernel": kernel, "bias": jnp.zeros((), jnp.float32)}
 
@@ -272,6 +275,7 @@ def scalar_head_axes(config: DecoderConfig) -> Params:
 
 
 def init_scalar_model(key: jax.Array, config: DecoderConfig) -> Params:
+    """{"decoder", "head"}: a decoder with a scalar head (see `score`, `token_values`)."""
     k_dec, k_head = jax.random.split(key)
     return {"decoder": init_params(k_dec, config), "head": init_scalar_head(k_head, config)}
 

@@ -55,6 +55,45 @@ def sequence_logprobs(logits, tokens, mask):
     return jnp.sum(token_logprobs(logits, tokens, mask), axis=-1)
 
 
+def pack_mask(mask_xV):
+    """[..., V] bool → [..., ceil(V/32)] uint32, bit j of word w = mask[..., 32·w + j]."""
+    V = mask_xV.shape[-1]
+    m = jnp.pad(mask_xV.astype(jnp.uint32), [(0, 0)] * (mask_xV.ndim - 1) + [(0, -V % 32)])
+    m = m.reshape(m.shape[:-1] + (-1, 32))
+    return jnp.sum(m << jnp.arange(32, dtype=jnp.uint32), axis=-1, dtype=jnp.uint32)
+
+
+def unpack_mask(bits_xW, vocab_size: int):
+    """Inverse of `pack_mask`: [..., W] uint32 → [..., vocab_size] bool."""
+    bits = (bits_xW[..., None] >> jnp.arange(32, dtype=jnp.uint32)) & jnp.uint32(1)
+    return bits.reshape(bits_xW.shape[:-1] + (-1,))[..., :vocab_size].astype(bool)
+
+
+def sampled_token_logprobs(logits, tokens, mask=None, *, temperature=1.0, keep_bits=None):
+    """`token_logprobs` under the distribution a sampler actually draws from: softmax of
+    logits / temperature restricted to the tokens top-k/top-p kept.
+
+    Args:
+      logits: [..., L, V]; tokens, mask: [..., L] as in `token_logprobs`.
+      temperature: the sampler's (0, i.e. greedy, counts as 1: its log-probs are untempered).
+      keep_bits: optional [..., L, W] uint32 (`pack_mask` of the kept set), aligned with
+        `tokens`: the set the token at position t was drawn from (so it restricts the logits at
+        t − 1). A position with no kept bit (prompt, padding) is left unrestricted.
+
+    The importance ratio π_θ / π_old of a sampled token is 1 at the first update exactly when
+    both sides use this one distribution (no sampler/trainer mismatch).
+    """
+    if temperature and temperature != 1.0:
+        logits = logits.astype(jnp.float32) / temperature
+    if keep_bits is not None:
+        keep_LxV = unpack_mask(keep_bits, logits.shape[-1])
+        keep_LxV = keep_LxV | ~jnp.any(keep_LxV, axis=-1, keepdims=True)
+        # the logits at t − 1 draw the token at t: shift the kept sets one position left
+        keep_LxV = jnp.concatenate([keep_LxV[..., 1:, :], keep_LxV[..., :1, :]], axis=-2)
+        logits = jnp.where(keep_LxV, logits, -jnp.inf)
+    return token_logprobs(logits, tokens, mask)
+
+
 def categorical_logprobs(logits, actions):
     """log softmax(logits)[action] for one-step (bandit) policies: [..., A], [...] → [...]."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)

@@ -9,8 +9,9 @@ One signature serves every tier and algorithm:
 - `batch`: mapping with `rewards` [P, N], `ref_logps` [P, N] (reference policy),
   `old_logps` [P, N] (the policy at sampling time; PPO's π_old) and optionally `mask` [P, N]
   (valid samples);
-- `hparams`: mapping of numeric hyperparameters (traceable, so sweeps vmap over them): beta,
-  tau, threshold, label_smoothing, clip_eps, kl_coef, negative_coef, rwr_beta, weight_clip.
+- `hparams`: mapping of numeric hyperparameters (traceable, so sweeps vmap over them); each
+  objective reads exactly the names its taxonomy record `needs` (no defaults here: fill them
+  with `modeseek.resolve_hparams`, the one home of defaults and validation).
 
 Reductions: pairwise objectives average over **all valid pairs in the batch**; per-prompt
 objectives (Best-of-N, RWR) average over prompts; per-sample ones (REINFORCE, PPO) over valid
@@ -35,7 +36,7 @@ def _mask(batch):
 
 
 def _pairs(batch, hparams):
-    return ranked_pairs_mask(batch["rewards"], threshold=hparams.get("threshold", 0.0),
+    return ranked_pairs_mask(batch["rewards"], threshold=hparams["threshold"],
                              where=_mask(batch))
 
 
@@ -57,20 +58,17 @@ def pair_logratio_metrics(logps, ref_logps, pair_mask):
     }
 
 
-def _contrastive(loss_fn, hparam_names, defaults=None):
-    defaults = defaults or {}
-
+def _contrastive(loss_fn, hparam_names):
     def objective(logps, batch, hparams):
         pairs = _pairs(batch, hparams)
-        kwargs = {name: hparams[name] if name in hparams else defaults[name]
-                  for name in hparam_names}
+        kwargs = {name: hparams[name] for name in hparam_names}
         total, count = pairwise_loss(loss_fn, logps, batch["ref_logps"], pairs, **kwargs)
         return jnp.sum(total) / jnp.maximum(jnp.sum(count), 1)
 
     return objective
 
 
-dpo_objective = _contrastive(dpo_loss, ("beta", "label_smoothing"), {"label_smoothing": 0.0})
+dpo_objective = _contrastive(dpo_loss, ("beta", "label_smoothing"))
 dpo_objective.__doc__ = "DPO on all ranked pairs (gap > threshold), mean over pairs."
 ipo_objective = _contrastive(ipo_loss, ("tau",))
 ipo_objective.__doc__ = "IPO on all ranked pairs (gap > threshold), mean over pairs."
@@ -87,19 +85,20 @@ def pref_ft_objective(logps, batch, hparams):
     return -jnp.sum(wins * logps) / total
 
 
-def best_of_n_objective(logps, batch, hparams, *, top_k=1, negative=None):
-    """Best-of-N (filtered BC), optionally with the negative term; mean over prompts."""
+def best_of_n_objective(logps, batch, hparams, *, top_k=1, negative=None, negative_clip=None):
+    """Best-of-N (filtered BC), optionally with the negative term (weight
+    hparams["negative_coef"]); mean over prompts."""
+    coef = hparams["negative_coef"] if negative is not None else 0.0
     per_prompt = best_of_n_loss(
-        logps, batch["rewards"], top_k=top_k, negative=negative,
-        negative_coef=hparams.get("negative_coef", 1.0), ref_logps=batch["ref_logps"],
-        negative_clip=hparams.get("negative_clip"), where=_mask(batch))
+        logps, batch["rewards"], top_k=top_k, negative=negative, negative_coef=coef,
+        ref_logps=batch["ref_logps"], negative_clip=negative_clip, where=_mask(batch))
     return jnp.mean(per_prompt)
 
 
 def rwr_objective(logps, batch, hparams, *, normalize="zscore"):
     """Reward-weighted regression with per-prompt z-scored rewards; mean over prompts."""
     return jnp.mean(rwr_loss(logps, batch["rewards"], beta=hparams["rwr_beta"],
-                             normalize=normalize, weight_clip=hparams.get("weight_clip"),
+                             normalize=normalize, weight_clip=hparams["weight_clip"],
                              where=_mask(batch)))
 
 
@@ -120,11 +119,12 @@ def reinforce_objective(logps, batch, hparams, *, baseline="zscore", nonnegative
 
 
 def ppo_objective(logps, batch, hparams):
-    """Sequence-level PPO: clipped surrogate against π_old, with the KL penalty to π_ref folded
-    into the reward (r − kl_coef · (log π_old − log π_ref), the usual RLHF shaping) and
-    per-prompt z-scored advantages (the bandit has no value function)."""
+    """PPO on one-step responses (bandits): the one-token case of `modeseek.ppo`'s token-level
+    PPO without a value function. Clipped surrogate against π_old, with the KL penalty to π_ref
+    folded into the reward (r − kl_coef · (log π_old − log π_ref), the usual RLHF shaping) and
+    per-prompt z-scored advantages standing in for the value baseline."""
     kl = jax.lax.stop_gradient(batch["old_logps"] - batch["ref_logps"])
-    shaped = batch["rewards"] - hparams.get("kl_coef", 0.0) * kl
+    shaped = batch["rewards"] - hparams["kl_coef"] * kl
     a = adv.zscore_advantages(shaped, where=_mask(batch))
-    loss = ppo_clip_loss(logps, batch["old_logps"], a, clip_eps=hparams.get("clip_eps", 0.2))
+    loss = ppo_clip_loss(logps, batch["old_logps"], a, clip_eps=hparams["clip_eps"])
     return masked_mean(loss, _mask(batch))

@@ -22,8 +22,14 @@ SampleOutput fields:
   response_logps_BxT    log π(token) with π = softmax(logits / temperature) (temperature 1 when
                         greedy), before top-k/top-p truncation: the value a learner recomputes
                         from the same model, i.e. PPO's "old" log-prob. 0 where masked.
-  response_sampling_logps_BxT  log-prob under the truncated (top-k/top-p) distribution actually
-                        sampled from; equals response_logps when no truncation is used.
+  response_sampling_logps_BxT  log-prob under the tempered, truncated (top-k/top-p)
+                        distribution actually sampled from (the behaviour policy of importance
+                        ratios); equals response_logps when no truncation is used.
+  response_keep_bits_BxTxW  the sampling mask: which tokens top-k/top-p kept at each step,
+                        packed 32 per uint32 word (`modeseek.logprobs.pack_mask`; 0 where
+                        masked); None when sampling does not truncate. With it,
+                        `modeseek.sampled_token_logprobs` recomputes exactly the sampled
+                        distribution at training time.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import numpy as np
 
 from modeseek import decoder as dec
 from modeseek._checks import check_sampling_args
+from modeseek.logprobs import pack_mask
 
 
 class SampleOutput(NamedTuple):
@@ -47,6 +54,7 @@ class SampleOutput(NamedTuple):
     response_mask: jax.Array
     response_logps: jax.Array
     response_sampling_logps: jax.Array
+    response_keep_bits: jax.Array | None = None
 
 
 def bucket_length(n: int, minimum: int = 16) -> int:
@@ -63,6 +71,8 @@ def bucket_length(n: int, minimum: int = 16) -> int:
 
 def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int, *, side: str = "left",
                 length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens [B, length], mask [B, length]) as numpy int32, each prompt padded on `side` to
+    `length` (default: its `bucket_length`)."""
     if side not in ("left", "right"):
         raise ValueError(f"pad side must be 'left' or 'right', got {side!r}")
     longest = max(len(p) for p in prompts)
@@ -107,7 +117,7 @@ def _largest_threshold(keys_BxV, weights_BxV, target_Bx1):
 def _filter_logits(logits_BxV, top_k: int, top_p: float):
     """Top-k, then top-p (the smallest set of most likely tokens whose mass reaches top_p).
     Ties at the threshold are all kept."""
-    if top_k and top_k < logits_BxV.shape[-1]:
+    if 0 < top_k < logits_BxV.shape[-1]:
         keys_BxV = _ordered_bits(logits_BxV)
         kth_Bx1 = _largest_threshold(keys_BxV, jnp.ones((), jnp.int32),
                                      jnp.full(logits_BxV.shape[:1] + (1,), top_k))
@@ -157,19 +167,26 @@ def _logp_of(logits_BxV, token_B):
     return jnp.take_along_axis(logits_BxV, token_B[:, None], -1)[:, 0] - lse_B
 
 
+def truncates(vocab_size: int, temperature: float, top_k: int, top_p: float) -> bool:
+    """Whether sampling restricts the support (so the rollout must keep the sampling mask)."""
+    return temperature != 0.0 and (0 < top_k < vocab_size or top_p < 1.0)
+
+
 def _choose(key, logits_BxV, temperature: float, top_k: int, top_p: float):
-    """Returns (token_B, logp_B under softmax(logits/T), logp_B under the truncated dist)."""
+    """Returns (token_B, logp_B under softmax(logits/T), logp_B under the truncated dist,
+    packed kept set [B, W] or None when nothing is truncated)."""
     if temperature == 0.0:
         token_B = _argmax(logits_BxV)
         logp_B = _logp_of(logits_BxV, token_B)
-        return token_B, logp_B, logp_B
+        return token_B, logp_B, logp_B, None
     scaled_BxV = logits_BxV / temperature
     filtered_BxV = _filter_logits(scaled_BxV, top_k, top_p)
     token_B = _categorical(key, filtered_BxV)
     logp_B = _logp_of(scaled_BxV, token_B)
     if filtered_BxV is scaled_BxV:
-        return token_B, logp_B, logp_B
-    return token_B, logp_B, _logp_of(filtered_BxV, token_B)
+        return token_B, logp_B, logp_B, None
+    keep_BxW = pack_mask(filtered_BxV > -jnp.inf)
+    return token_B, logp_B, _logp_of(filtered_BxV, token_B), keep_BxW
 
 
 def _is_eos(token_B, eos_id):
@@ -190,6 +207,7 @@ class _LoopState(NamedTuple):
     mask_BxT: jax.Array
     logps_BxT: jax.Array
     sampling_logps_BxT: jax.Array
+    keep_BxTxW: jax.Array | None
 
 
 def _generate(key, prefill, step, prompt_mask_BxP, *, max_new_tokens, temperature, top_k, top_p,
@@ -201,7 +219,8 @@ def _generate(key, prefill, step, prompt_mask_BxP, *, max_new_tokens, temperatur
     pos_B = jnp.sum(prompt_mask_BxP.astype(jnp.int32), axis=1)  # position of the first response
 
     def record(s: _LoopState, key):
-        token_B, logp_B, sampling_logp_B = _choose(key, s.logits_BxV, temperature, top_k, top_p)
+        token_B, logp_B, sampling_logp_B, keep_BxW = _choose(key, s.logits_BxV, temperature,
+                                                             top_k, top_p)
         live_B = ~s.done_B
         token_B = jnp.where(live_B, token_B, pad_id)
         at = lambda buf, val: jax.lax.dynamic_update_index_in_dim(buf, val, s.t, axis=1)
@@ -212,13 +231,19 @@ def _generate(key, prefill, step, prompt_mask_BxP, *, max_new_tokens, temperatur
             mask_BxT=at(s.mask_BxT, live_B.astype(jnp.int32)),
             logps_BxT=at(s.logps_BxT, jnp.where(live_B, logp_B, zero)),
             sampling_logps_BxT=at(s.sampling_logps_BxT,
-                                  jnp.where(live_B, sampling_logp_B, zero))), token_B, live_B
+                                  jnp.where(live_B, sampling_logp_B, zero)),
+            keep_BxTxW=None if keep_BxW is None else at(
+                s.keep_BxTxW, jnp.where(live_B[:, None], keep_BxW, jnp.uint32(0)))
+        ), token_B, live_B
 
     key, first_key = jax.random.split(key)
     zeros_f = jnp.zeros((B, T), jnp.float32)
+    V = logits_BxV.shape[-1]
+    keep = (jnp.zeros((B, T, -(-V // 32)), jnp.uint32)
+            if truncates(V, temperature, top_k, top_p) else None)
     state = _LoopState(jnp.zeros((), jnp.int32), key, model_state, logits_BxV, pos_B,
                        jnp.zeros((B,), bool), jnp.full((B, T), pad_id, jnp.int32),
-                       jnp.zeros((B, T), jnp.int32), zeros_f, zeros_f)
+                       jnp.zeros((B, T), jnp.int32), zeros_f, zeros_f, keep)
     state, _, _ = record(state, first_key)
 
     def body(s: _LoopState):
@@ -240,7 +265,7 @@ def _output(prompt_tokens_BxP, prompt_mask_BxP, s: _LoopState) -> SampleOutput:
         tokens=jnp.concatenate([prompt_tokens_BxP.astype(jnp.int32), s.tokens_BxT], axis=1),
         mask=jnp.concatenate([prompt_mask_BxP.astype(jnp.int32), s.mask_BxT], axis=1),
         response_tokens=s.tokens_BxT, response_mask=s.mask_BxT, response_logps=s.logps_BxT,
-        response_sampling_logps=s.sampling_logps_BxT)
+        response_sampling_logps=s.sampling_logps_BxT, response_keep_bits=s.keep_BxTxW)
 
 
 def _cast_floats(tree, dtype):
@@ -335,3 +360,7 @@ def sample_uncached(key: jax.Array, params, config: dec.DecoderConfig,
                       temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id,
                       pad_id=pad_id)
     return _output(prompt_tokens_BxP, prompt_mask_BxP, state)
+
+
+sample.__doc__ = """Sample up to `max_new_tokens` response tokens per row with a KV cache (one
+jitted program); see the module docstring for the arguments and the returned `SampleOutput`."""

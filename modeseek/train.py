@@ -19,12 +19,15 @@ from modeseek.taxonomy import get_algorithm
 
 
 class TrainState(NamedTuple):
+    """The train step's state: parameters, optimizer state and the step count."""
+
     params: Any
     opt_state: Any
     step: jax.Array
 
 
 def init_train_state(params, optimizer: optax.GradientTransformation) -> TrainState:
+    """TrainState(params, optimizer.init(params), step 0)."""
     return TrainState(params=params, opt_state=optimizer.init(params),
                       step=jnp.zeros((), jnp.int32))
 

@@ -47,7 +47,7 @@ def _minibatch(key, step, arrays, batch):
     return [a[idx] for a in arrays]
 
 
-@functools.partial(jax.jit, static_argnames=("config", "steps", "batch", "learning_rate"))
+@functools.partial(jax.jit, static_argnames=("config", "steps", "batch"))
 def _sft(key, params, tokens, mask, soft_target, *, config, steps, batch, learning_rate):
     opt = modeseek.make_optimizer(learning_rate=learning_rate, max_grad_norm=1.0)
 
@@ -91,7 +91,7 @@ def score_pairs(rm_params, chosen, chosen_mask, rejected, rejected_mask, *, conf
     return s_w, s_l
 
 
-@functools.partial(jax.jit, static_argnames=("config", "steps", "batch", "learning_rate"))
+@functools.partial(jax.jit, static_argnames=("config", "steps", "batch"))
 def _bt(key, params, arrays, *, config, steps, batch, learning_rate):
     opt = modeseek.make_optimizer(learning_rate=learning_rate, max_grad_norm=1.0)
 

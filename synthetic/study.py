@@ -1,13 +1,16 @@
 """The synthetic study: build tasks (reference SFT, preference sets, proxy RMs; cached), then
 run every algorithm × task × seed with `synthetic.train`.
 
-`build_tasks(config, cache_dir)` returns {task: (TaskData, info)}; `run_study` compiles one
-`jit(vmap(chunk))` per algorithm (seeds are the vmapped axis) and reuses it for every task,
-returning run records (summary numbers) and curves {(task, algorithm): {metric: [seeds, I]}}.
+`build_tasks(config, cache_dir)` returns {task: (TaskData, info)}; `run_study` runs each
+algorithm through one `jit(vmap(chunk))` (runs = learning rates × seeds are the vmapped axis;
+learning rate and loss hyperparameters are traced, so the program is compiled once per Setup
+and process — `compiled` — and reused for every task and every value), returning run records
+(summary numbers) and curves {(task, algorithm): {metric: [seeds, I]}}.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -20,7 +23,7 @@ import tqdm
 import modeseek
 from modeseek.sampler import sample
 from synthetic import models, tasks
-from synthetic.train import SUPPORTED, Setup, TaskData, make_train
+from synthetic.train import SUPPORTED, Setup, TaskData, hparams_of, make_train
 
 TOKEN_TASKS = {"R1": 70.0, "R2": 20.0}
 
@@ -39,8 +42,9 @@ def validate(config):
         if name not in SUPPORTED:
             raise ValueError(f"config.algorithms: {name} is not supported here; supported: "
                              f"{', '.join(SUPPORTED)}")
-        if not config.learning_rates.get(name, 0) > 0:
+        if not learning_rate_of(config, name) > 0:
             raise ValueError(f"config.learning_rates.{name} must be > 0")
+        hparams_for(config, name)  # unknown names and out-of-range values raise
     for name in ("seeds", "iterations", "iterations_per_chunk", "prompts_per_iteration",
                  "samples_per_prompt", "minibatch_prompts", "reuse", "offline_pairs"):
         if not int(config[name]) >= 1:
@@ -53,9 +57,6 @@ def validate(config):
                          "config.minibatch_prompts")
     if config.samples_per_prompt < 2:
         raise ValueError("config.samples_per_prompt must be >= 2 (pairs need two samples)")
-    for name in ("beta", "tau", "rwr_beta", "clip_eps"):
-        if not config.hparams[name] > 0:
-            raise ValueError(f"config.hparams.{name} must be > 0, got {config.hparams[name]}")
     d = config.data
     if config.study == "length" and not 1 < d.mode < d.max_new_tokens - 1:
         raise ValueError(f"config.data.mode must lie inside (1, max_new_tokens − 1), got {d.mode}")
@@ -203,10 +204,22 @@ def build_tasks(config, cache_dir, log=print):
     return cfg, ref_meta, built
 
 
-def make_setup(config, cfg, algorithm) -> Setup:
-    d = config.data
+def learning_rate_of(config, algorithm) -> float:
+    """config.learning_rate when > 0 (one rate for every algorithm), else the table's."""
+    return config.learning_rate if config.learning_rate > 0 else config.learning_rates.get(
+        algorithm, 0.0)
+
+
+def hparams_for(config, algorithm) -> dict:
+    """config.hparams with the algorithm's overrides, validated by `modeseek.resolve_hparams`."""
     hp = dict(config.hparams)
     hp.update(config.overrides.get(algorithm, {}))
+    where = f"config.overrides.{algorithm}" if algorithm in config.overrides else "config.hparams"
+    return modeseek.resolve_hparams(hp, where=where)
+
+
+def make_setup(config, cfg, algorithm) -> Setup:
+    d = config.data
     return Setup(
         algorithm=algorithm, model=cfg, prompt_len=d.prompt_len,
         max_new_tokens=d.max_new_tokens,
@@ -215,23 +228,36 @@ def make_setup(config, cfg, algorithm) -> Setup:
         prompts_per_iteration=config.prompts_per_iteration,
         samples_per_prompt=config.samples_per_prompt, minibatch_prompts=config.minibatch_prompts,
         reuse=config.reuse, offline_pairs=config.offline_pairs,
-        iterations_per_chunk=config.iterations_per_chunk,
-        learning_rate=config.learning_rates[algorithm], hparams=tuple(sorted(hp.items())))
+        iterations_per_chunk=config.iterations_per_chunk)
 
 
-def run_algorithm(setup: Setup, task_data: dict, *, seeds: int, iterations: int, bar=None):
-    """Every task for one algorithm, seeds vmapped: {task: {metric: [seeds, iterations]}}."""
+@functools.cache
+def compiled(setup: Setup):
+    """(jit(vmap(init)), jit(vmap(chunk))) over runs, cached per Setup: hyperparameters and
+    learning rates are traced arguments, so new values never recompile."""
     init, chunk = make_train(setup)
-    init = jax.jit(jax.vmap(init, in_axes=(0, None)))
-    chunk = jax.jit(jax.vmap(chunk, in_axes=(0, None)))
+    return (jax.jit(jax.vmap(init, in_axes=(0, None, 0))),
+            jax.jit(jax.vmap(chunk, in_axes=(0, None, 0))))
+
+
+def run_algorithm(setup: Setup, task_data: dict, *, seeds: int, iterations: int,
+                  learning_rates, hparams: dict, bar=None):
+    """Every task for one algorithm, runs = learning_rates × seeds vmapped in one program:
+    {task: {metric: [R, iterations]}}, R = len(learning_rates) · seeds, rate-major (run
+    r has rate learning_rates[r // seeds] and seed r % seeds)."""
+    init, chunk = compiled(setup)
+    rates = np.repeat(np.asarray(learning_rates, np.float32).reshape(-1), seeds)
+    runs = len(rates)
+    hp = {k: jnp.full((runs,), v, jnp.float32) for k, v in hparams_of(1.0, hparams).items()}
+    hp["learning_rate"] = jnp.asarray(rates)
     out, timing = {}, {"compile_s": 0.0, "run_s": 0.0}
     for task, data in task_data.items():
-        keys = jax.vmap(jax.random.key)(jnp.arange(seeds))
-        carry = init(keys, data)
+        keys = jax.vmap(jax.random.key)(jnp.asarray(np.tile(np.arange(seeds), runs // seeds)))
+        carry = init(keys, data, hp)
         rows = []
         for c in range(iterations // setup.iterations_per_chunk):
             t0 = time.perf_counter()
-            carry, metrics = chunk(carry, data)
+            carry, metrics = chunk(carry, data, hp)
             metrics = jax.device_get(metrics)
             dt = time.perf_counter() - t0
             timing["compile_s" if c == 0 and not out else "run_s"] += dt
@@ -240,12 +266,6 @@ def run_algorithm(setup: Setup, task_data: dict, *, seeds: int, iterations: int,
                 bar.update(setup.iterations_per_chunk)
         out[task] = {k: np.concatenate([r[k] for r in rows], 1) for k in rows[0]}
     return out, timing
-
-
-def steps_to(curve, threshold, steps_per_iteration):
-    """First gradient step count at which `curve` (higher is better) reaches threshold."""
-    hits = np.nonzero(curve >= threshold)[0]
-    return int(hits[0]) * steps_per_iteration if hits.size else None
 
 
 def run_study(config, cache_dir, *, show_progress=True, log=print):
@@ -262,8 +282,11 @@ def run_study(config, cache_dir, *, show_progress=True, log=print):
                    disable=not show_progress) as bar:
         for algorithm in config.algorithms:
             setup = make_setup(config, cfg, algorithm)
+            learning_rate = learning_rate_of(config, algorithm)
             result, timing = run_algorithm(setup, task_data, seeds=config.seeds,
-                                           iterations=config.iterations, bar=bar)
+                                           iterations=config.iterations,
+                                           learning_rates=(learning_rate,),
+                                           hparams=hparams_for(config, algorithm), bar=bar)
             info["timings"][algorithm] = timing
             if not show_progress:
                 log(f"{algorithm}: compile {timing['compile_s']:.0f} s, run "
@@ -277,7 +300,7 @@ def run_study(config, cache_dir, *, show_progress=True, log=print):
                         task=task, algorithm=algorithm, seed=seed, on_policy=alg.on_policy,
                         negative_gradient=alg.negative_gradient, reuse=setup.reuse,
                         steps_per_iteration=setup.steps_per_iteration,
-                        learning_rate=setup.learning_rate,
+                        learning_rate=learning_rate,
                         initial_gold=float(m["gold"][seed, 0]),
                         final_gold=float(m["gold"][seed, -tail:].mean()),
                         final_length=float(m["length"][seed, -tail:].mean()),

@@ -40,3 +40,27 @@ def test_tiny_reward_model_then_onpolicy_dpo(tmp_path):
     report = (workdir / "report.md").read_text()
     assert "onpolicy_dpo" in report and "length.png" in report
     assert (workdir / "length.png").exists()
+
+
+def test_user_reward_function_trains_without_a_reward_model_stage(tmp_path):
+    """`--config.reward.fn=module:function` (TRL's convention) is the training reward: the
+    on-policy stage runs with no reward-model stage, the user function scores on the host
+    (timed), and the gold reward (−length) is still logged beside it."""
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "llm", "--config", "configs/llm.py:tiny", "--workdir",
+           str(workdir), "--stages", "onpolicy_dpo",
+           "--config.reward.fn=tests.reward_fns:count_a",
+           "--config.stages.onpolicy_dpo.num_iterations=1",
+           "--config.stages.onpolicy_dpo.max_new_tokens=8", "--config.eval.every=0"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (workdir / "reward_model").exists()
+    rows = [json.loads(x) for x in open(workdir / "onpolicy_dpo" / "metrics.jsonl")]
+    last = rows[-1]
+    assert last["time_reward_host"] > 0
+    # count_a subtracts a tenth of the (long, chat-less) prompt: far below any −length
+    assert last["rollout/proxy_reward"] < -1 and last["rollout/proxy_reward"] != last[
+        "rollout/gold_reward"]
+    assert last["rollout/gold_reward"] == last["rollout/gold/neg_length"] == -last[
+        "rollout/length"]

@@ -84,8 +84,13 @@ def test_nan_stops_run_and_keeps_last_good_checkpoint(tmp_path):
     cfg.checkpoint_every = 1
     # an absurd step size: parameters overflow after the first update, the second loss is NaN
     stage = offline_stage(cfg, learning_rate=1e30, max_grad_norm=None, num_steps=3)
-    stage_dir = str(tmp_path / "nan" / "stage")
-    with pytest.raises(NonFiniteError, match="at step 2"):
+    _stops_after_first_checkpoint(cfg, stage, str(tmp_path / "nan" / "stage"),
+                                  NonFiniteError, "at step 2")
+
+
+def _stops_after_first_checkpoint(cfg, stage, stage_dir, error, message):
+    """The run raises `error` at step 2; step 1's checkpoint is the last, no summary."""
+    with pytest.raises(error, match=message):
         train.run_stage(cfg, stage, stage_dir)
     ckpt = checkpointing.RunCheckpointer(os.path.join(stage_dir, "checkpoints"), every=1)
     assert ckpt.latest_step() == 1
@@ -95,7 +100,7 @@ def test_nan_stops_run_and_keeps_last_good_checkpoint(tmp_path):
 def test_ppo_trains_with_value_head_and_adaptive_kl(tmp_path):
     cfg = tiny_config()
     stage = onpolicy_stage(cfg, algorithm="ppo", num_iterations=2, learning_rate=1e-3)
-    stage.ppo.update(init_kl_coef=0.1, kl_target=1e-3, kl_horizon=10)
+    stage.hparams.update(kl_coef=0.1, kl_target=1e-3, kl_horizon=10)
     summary = train.run_stage(cfg, stage, str(tmp_path / "ppo" / "stage"))
     assert summary["status"] == "done"
     rows = metrics_of(str(tmp_path / "ppo" / "stage"))
@@ -103,3 +108,29 @@ def test_ppo_trains_with_value_head_and_adaptive_kl(tmp_path):
     assert rows[0]["ppo/clip_fraction"] >= 0 and np.isfinite(rows[1]["ppo/value_loss"])
     # KL above target grows the coefficient, below target shrinks it (clipped at ±20%)
     assert rows[1]["kl_coef"] != rows[0]["kl_coef"]
+
+
+@pytest.mark.parametrize("name,gold,kind", [
+    ("smollm2_min_length", "neg_length", "rule"), ("tiny", "neg_length", "rule"),
+    ("pythia_alpacafarm", "alpacafarm_rm", "hf_model"),
+    ("mistral_ultrafeedback", "ultrarm", "hf_model")])
+def test_configs_name_their_gold_reward(name, gold, kind):
+    """Gold rewards are data in each config (evaluation only); the training reward defaults to
+    the stage's reward-model stage (cfg.reward names none until overridden)."""
+    cfg = llm_configs.get_config(name)
+    assert list(cfg.gold) == [gold] and cfg.gold[gold].kind == kind
+    assert not (cfg.reward.fn or cfg.reward.rule or cfg.reward.path)
+    assert "ppo" not in cfg.stages or cfg.stages.ppo.hparams.kl_target > 0
+
+
+def test_bad_reward_stops_the_run_naming_it_and_keeps_the_last_checkpoint(tmp_path):
+    """A user reward returning NaN at iteration 2 stops the on-policy stage with RewardError
+    naming the reward; the checkpoint of iteration 1 is the last one, no summary is written."""
+    from llm.reward_types import RewardError
+
+    cfg = tiny_config()
+    cfg.checkpoint_every = 1
+    cfg.reward.fn = "tests.engine_reward_fns:nan_on_second_call"
+    stage = onpolicy_stage(cfg, num_iterations=3, reuse=1, minibatch_prompts=2)
+    _stops_after_first_checkpoint(cfg, stage, str(tmp_path / "bad" / "stage"), RewardError,
+                                  "nan_on_second_call.*non-finite")

@@ -68,9 +68,8 @@ def test_objective_matches_numpy(name, masked):
 
 def test_objectives_with_negative_clip_and_no_pairs():
     logps, batch = _batch(1)
-    hp = dict(HP, negative_clip=0.1)
-    out = jax.jit(functools.partial(obj.best_of_n_objective, negative="all_worse"))(
-        logps, batch, hp)
+    out = jax.jit(functools.partial(obj.best_of_n_objective, negative="all_worse",
+                                    negative_clip=0.1))(logps, batch, HP)
     want = ref.best_of_n_objective(logps, batch, 1, "all_worse", 0.7, clip=0.1)
     np.testing.assert_allclose(out, want, rtol=1e-5)
     # all rewards tied: no pair, loss 0 with a finite (zero) gradient

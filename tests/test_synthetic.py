@@ -115,11 +115,18 @@ def _setup(config, cfg, algorithm, **changes):
     return study.make_setup(config, cfg, algorithm)
 
 
+def _run(config, setup, data, *, iterations, learning_rates=None, seeds=1):
+    rates = learning_rates or (study.learning_rate_of(config, setup.algorithm),)
+    return study.run_algorithm(setup, {"min": data}, seeds=seeds, iterations=iterations,
+                               learning_rates=rates,
+                               hparams=study.hparams_for(config, setup.algorithm))
+
+
 @pytest.mark.parametrize("algorithm", [a for a in synthetic_config.ALL if a != "onpolicy_dpo"])
 def test_every_algorithm_runs_two_iterations(built, algorithm):
     config, cfg, _, task_map, _ = built
     setup = _setup(config, cfg, algorithm)
-    result, _ = study.run_algorithm(setup, {"min": task_map["min"][0]}, seeds=1, iterations=2)
+    result, _ = _run(config, setup, task_map["min"][0], iterations=2)
     m = result["min"]
     assert m["gold"].shape == (1, 2)
     for name, v in m.items():
@@ -132,12 +139,46 @@ def test_onpolicy_dpo_shortens_min_length(built):
     config, cfg, _, task_map, _ = built
     setup = _setup(config, cfg, "onpolicy_dpo", prompts_per_iteration=4, minibatch_prompts=4,
                    samples_per_prompt=4, reuse=2, iterations_per_chunk=10)
-    setup = dataclasses.replace(setup, learning_rate=3e-3)
-    result, _ = study.run_algorithm(setup, {"min": task_map["min"][0]}, seeds=1, iterations=30)
+    result, _ = _run(config, setup, task_map["min"][0], iterations=30, learning_rates=(3e-3,))
     m = result["min"]
     assert np.all(np.isfinite(m["loss"]))
     start, end = m["length"][0, :5].mean(), m["length"][0, -5:].mean()
     assert end < 0.6 * start, (start, end)
+
+
+def test_learning_rate_sweep_is_one_compiled_program(built):
+    """seeds × learning rates run as one vmapped program; new rates and new loss
+    hyperparameters reuse it (the jitted chunk compiles once for that number of runs). Each run
+    equals the same rate run alone, and different rates give different runs."""
+    config, cfg, _, task_map, _ = built
+    setup = _setup(config, cfg, "onpolicy_dpo", iterations_per_chunk=1)
+    _, chunk = study.compiled(setup)
+    assert chunk._cache_size() == 0
+    sweep, _ = _run(config, setup, task_map["min"][0], iterations=2, seeds=2,
+                    learning_rates=(1e-4, 3e-2))
+    assert sweep["min"]["loss"].shape == (4, 2)
+    other = config.copy_and_resolve_references()
+    other.unlock()
+    other.hparams.beta = 0.5
+    _run(other, setup, task_map["min"][0], iterations=1, seeds=2, learning_rates=(1e-3, 1e-2))
+    assert chunk._cache_size() == 1
+    alone, _ = _run(config, setup, task_map["min"][0], iterations=2, learning_rates=(3e-2,))
+    np.testing.assert_allclose(alone["min"]["loss"][0], sweep["min"]["loss"][2], rtol=1e-5)
+    assert not np.allclose(sweep["min"]["loss"][1], sweep["min"]["loss"][3])
+
+
+def test_cli_learning_rate_override_is_traced(tmp_path):
+    """`python -m synthetic --config.learning_rate=...`: one rate for every algorithm, a traced
+    value (checked through the study's setup and validation, not a subprocess)."""
+    config = synthetic_config.get_config("tiny")
+    config.unlock()
+    config.learning_rate = 2e-3
+    study.validate(config)
+    assert study.learning_rate_of(config, "pref_ft") == 2e-3
+    assert "learning_rate" not in {f.name for f in dataclasses.fields(study.Setup)}
+    config.hparams.betta = 1.0
+    with pytest.raises(ValueError, match="did you mean 'beta'"):
+        study.validate(config)
 
 
 # ----------------------------------------------------------------------------- config
