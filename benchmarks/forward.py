@@ -45,14 +45,41 @@ def make_step(config, optimizer):
     return jax.jit(step, donate_argnums=(0, 1))
 
 
+def compile_times(depths, batch: int, length: int) -> None:
+    """Lower + compile the training step (forward, backward, AdamW) of a SmolLM2-width model at
+    each depth, from abstract shapes only (nothing is allocated); prints seconds per depth."""
+    optimizer = optax.adamw(1e-5, weight_decay=0.0)
+    print(f"jax {jax.__version__}, {jax.default_backend()}; SmolLM2-135M width, {batch} x {length}")
+    print("| layers | lower s | compile s | CPU s | load |")
+    print("|---|---|---|---|---|")
+    for depth in depths:
+        config = dec.DecoderConfig.smollm2_135m(num_layers=depth)
+        params = jax.eval_shape(dec.init_params, jax.random.key(0), config)
+        opt_state = jax.eval_shape(optimizer.init, params)
+        tokens = jax.ShapeDtypeStruct((batch, length), jnp.int32)
+        step = make_step(config, optimizer)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        lowered = step.lower(params, opt_state, tokens)
+        lowered_s = time.perf_counter() - start
+        lowered.compile()
+        total, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+        print(f"| {depth} | {lowered_s:.2f} | {total - lowered_s:.2f} | {cpu:.2f} | "
+              f"{os.getloadavg()[0]:.1f} |", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--no-transformers", action="store_true")
+    parser.add_argument("--compile-only", type=str, default="",
+                        help="comma-separated depths, e.g. 2,8,32: compile times only")
     args = parser.parse_args(argv)
     B, L = args.batch, args.length
+    if args.compile_only:
+        compile_times([int(d) for d in args.compile_only.split(",")], B, L)
+        return 0
 
     config, params, tokenizer = load_smollm2()
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, (B, L)).astype(np.int32)

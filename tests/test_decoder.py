@@ -42,8 +42,9 @@ def test_tiny_size_and_axes_match_params():
     assert [p for p, _ in flat_p] == [p for p, _ in flat_a]
     for (path, x), (_, names) in zip(flat_p, flat_a):
         assert len(names) == x.ndim, path
-        assert set(names) <= {"vocab", "embed", "heads", "kv_heads", "kv", "mlp"}
-    assert axes["layer_0"]["attn"]["q_kernel"] == ("embed", "heads", "kv")
+        assert set(names) <= {"layers", "vocab", "embed", "heads", "kv_heads", "kv", "mlp"}
+    assert axes["layers"]["attn"]["q_kernel"] == ("layers", "embed", "heads", "kv")
+    assert params["layers"]["attn"]["q_kernel"].shape == (2, 48, 4, 12)
     assert axes["embedding"] == ("vocab", "embed")
     cache = dec.init_cache(config, 2, 8)
     cache_axes = dec.cache_axes(config)
@@ -116,10 +117,9 @@ def test_grouped_query_equals_multihead_with_repeated_kv(tokens):
     params = dec.init_params(jax.random.key(4), config)
     mha = config.replace(num_kv_heads=4)
     params_mha = jax.tree.map(lambda x: x, params)
-    for i in range(config.num_layers):
-        attn = params_mha[f"layer_{i}"]["attn"]
-        for name in ("k_kernel", "v_kernel"):  # q head h reads kv head h // 2
-            attn[name] = jnp.repeat(attn[name], 2, axis=1)
+    attn = params_mha["layers"]["attn"]  # [layers, embed, kv_heads, head_dim]
+    for name in ("k_kernel", "v_kernel"):  # q head h reads kv head h // 2
+        attn[name] = jnp.repeat(attn[name], 2, axis=2)
     np.testing.assert_allclose(forward(params, config, tokens),
                                forward(params_mha, mha, tokens), atol=1e-5)
 
@@ -132,7 +132,7 @@ def test_cached_logits_equal_recomputed(name, fused_variant, tokens):
     config = _config(name, **fused_variant)
     params = dec.init_params(jax.random.key(5), config)
     fused = dec.fuse_for_decoding(params, config)
-    assert "qkv_kernel" in fused["layer_0"]["attn"] and "q_kernel" not in fused["layer_0"]["attn"]
+    assert "qkv_kernel" in fused["layers"]["attn"] and "q_kernel" not in fused["layers"]["attn"]
     mask = np.ones((3, 10), np.int32)
     mask[0, :2] = 0  # left-padded row
     mask[1, 8:] = 0  # right-padded row
