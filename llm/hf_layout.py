@@ -303,12 +303,8 @@ def params_from_hf(tensors: dict[str, np.ndarray], config: DecoderConfig, arch: 
                     tensors[f"{p}{x}.{kind}"] = parts[:, j].reshape(H * K, *fused.shape[1:])
     used = set()
     flat: dict[str, np.ndarray] = {}
-    for path, shape in _flat_shapes(config).items():
-        if path.startswith("layer_"):
-            layer, rest = path.split("/", 1)
-            name = _names(arch, int(layer[6:]))[rest]
-        else:
-            name = _top_names(arch)[path]
+
+    def ours(name: str, path: str, shape: tuple[int, ...]) -> np.ndarray:
         if name not in tensors:
             raise CheckpointError(f"{source}: missing tensor {name} (for parameter {path})")
         w = tensors[name]
@@ -320,8 +316,16 @@ def params_from_hf(tensors: dict[str, np.ndarray], config: DecoderConfig, arch: 
         if w.dtype.kind not in "fV" and str(w.dtype) != "bfloat16":
             raise CheckpointError(f"{source}: tensor {name} has dtype {w.dtype}, expected a "
                                   "floating-point type")
-        w = _to_ours(path, np.asarray(w), config)
-        flat[path] = w.astype(dtype)
+        return _to_ours(path, np.asarray(w), config).astype(dtype)
+
+    for path, shape in _flat_shapes(config).items():
+        if path.startswith("layers/"):  # stacked [num_layers, ...]: layer i from HF layer i
+            rest = path.split("/", 1)[1]
+            flat[path] = np.empty(shape, dtype)
+            for i in range(config.num_layers):
+                flat[path][i] = ours(_names(arch, i)[rest], path, shape[1:])
+        else:
+            flat[path] = ours(_top_names(arch)[path], path, shape)
     extra = [n for n in tensors if n not in used and not n.endswith(_IGNORED_SUFFIXES)
              and not (config.tied_embeddings and n == _top_names(arch)["lm_head"])]
     if extra:
@@ -345,12 +349,12 @@ def params_to_hf(params: dict[str, Any], config: DecoderConfig,
         node = params
         for p in path.split("/"):
             node = node[p]
-        w = _to_hf(path, np.asarray(node, dtype=np.float32))
-        if path.startswith("layer_"):
-            layer, rest = path.split("/", 1)
-            out[_names(arch, int(layer[6:]))[rest]] = w
+        if path.startswith("layers/"):  # stacked [num_layers, ...]: HF layer i from row i
+            rest = path.split("/", 1)[1]
+            for i in range(config.num_layers):
+                out[_names(arch, i)[rest]] = _to_hf(path, np.asarray(node[i], dtype=np.float32))
         else:
-            out[_top_names(arch)[path]] = w
+            out[_top_names(arch)[path]] = _to_hf(path, np.asarray(node, dtype=np.float32))
     if arch == "gpt_neox":  # fuse q,k,v back into rows ordered (head, {q,k,v}, dim)
         H, K = config.num_heads, config.head_dim
         for i in range(config.num_layers):

@@ -10,13 +10,14 @@ API:
   forward(params, config, tokens_BxL, *, attention_mask_BxL=None, positions_BxL=None,
           return_hidden=False) -> logits_BxLxV float32 (or (logits, hidden_BxLxD))
   positions_from_mask(mask_BxL) -> positions_BxL
-  init_cache(config, batch, length) -> cache   k/v per layer [B, kv_heads, length, K], slot
-                                          mask/positions [B, length], write index
+  init_cache(config, batch, length) -> cache   k/v of all layers [layers, B, length, kv_heads,
+                                          K], slot mask/positions [B, length], write index
   cache_axes(config) -> logical axis names matching init_cache's tree
   forward_cached(params, config, tokens_BxL, cache, *, token_mask_BxL, positions_BxL)
       -> (hidden_BxLxD, cache)            writes the L new tokens at slot cache["index"]
   unembed(params, config, hidden_...xD) -> logits float32
   fuse_for_decoding(params, config) -> params with q|k|v and gate|up concatenated (sampling)
+  truncate_layers(params, num_layers) -> params of the first num_layers layers (a trunk)
   init_scalar_head(key, config) / init_scalar_model(key, config) -> {"decoder", "head"}
   token_values(params, config, tokens_BxL, mask_BxL) -> BxL   (PPO value per position)
   score(params, config, tokens_BxL, mask_BxL) -> B            (reward at the last non-pad token)
@@ -25,6 +26,16 @@ Masking convention: a token attends to every earlier-or-same slot whose mask is 
 sliding window, whose position is within `sliding_window` of its own). Pads may sit anywhere
 (left, right or in the middle of prompt+response); positions default to cumsum(mask) - 1 so
 padding never shifts rotary phases.
+
+Layout: per-layer parameters are stacked under params["layers"] with a leading axis of size
+num_layers (logical axis "layers", never sharded), e.g. params["layers"]["attn"]["q_kernel"] is
+[num_layers, embed, heads, head_dim]; the layers run as one scan (compile time flat in depth).
+`remat` ("none" | "dots_saveable" | "full") rematerialises each layer in the backward pass
+(`jax.checkpoint` with `checkpoint_policies.dots_saveable` / `nothing_saveable`): same
+gradients, less activation memory. `attention` = "dot_product" runs
+`jax.nn.dot_product_attention` (cuDNN flash attention on GPU in 16-bit compute without a KV
+cache, XLA elsewhere); "einsum" is the explicit float32-score einsum. Both compute
+softmax(q k^T / sqrt(head_dim) + mask) v with float32 scores and the same mask.
 """
 
 from __future__ import annotations
@@ -38,7 +49,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from modeseek.decoder_layers import Decoder, _attention_mask
+from modeseek.decoder_layers import REMAT_POLICIES, Decoder, _attention_mask
 
 Params = dict[str, Any]
 
@@ -67,12 +78,22 @@ class DecoderConfig:
     dtype: str = "float32"  # activations / matmul inputs
     param_dtype: str = "float32"
     init_std: float = 0.02
+    remat: str = "none"  # "none" | "dots_saveable" | "full"
+    attention: str = "dot_product"  # "dot_product" | "einsum"
 
     def __post_init__(self):
         if self.norm not in ("rms", "layer"):
             raise ValueError(f"DecoderConfig.norm must be 'rms' or 'layer', got {self.norm!r}")
         if self.mlp not in ("swiglu", "gelu", "gelu_tanh"):
             raise ValueError(f"DecoderConfig.mlp must be swiglu|gelu|gelu_tanh, got {self.mlp!r}")
+        if self.remat not in ("none", *REMAT_POLICIES):
+            raise ValueError(f"DecoderConfig.remat must be none|dots_saveable|full, got "
+                             f"{self.remat!r}")
+        if self.attention not in ("dot_product", "einsum"):
+            raise ValueError(f"DecoderConfig.attention must be dot_product|einsum, got "
+                             f"{self.attention!r}")
+        if self.num_layers < 1:
+            raise ValueError(f"DecoderConfig.num_layers must be >= 1, got {self.num_layers}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
@@ -149,7 +170,8 @@ def init_params(key: jax.Array, config: DecoderConfig) -> Params:
 
 
 def param_axes(config: DecoderConfig) -> Params:
-    """Logical axis names per parameter, e.g. ("embed", "heads", "kv"); same tree as params."""
+    """Logical axis names per parameter, e.g. ("embed", "heads", "kv"); same tree as params.
+    Stacked layer parameters lead with "layers" (map it to no mesh axis)."""
     boxed = _abstract_boxed(config)
     return jax.tree.map(lambda b: tuple(b.names), boxed,
                         is_leaf=lambda b: isinstance(b, nn.LogicallyPartitioned))
@@ -198,47 +220,58 @@ def forward(params: Params, config: DecoderConfig, tokens_BxL: jax.Array, *,
 
 
 def init_cache(config: DecoderConfig, batch: int, length: int) -> dict[str, Any]:
-    """Pre-allocated KV cache of `length` slots; `mask`/`pos` record which slots hold tokens."""
-    shape = (batch, config.num_kv_heads, length, config.head_dim)
-    layer = lambda: {"k": jnp.zeros(shape, config.compute_dtype),
-                     "v": jnp.zeros(shape, config.compute_dtype)}
-    return {"layers": tuple(layer() for _ in range(config.num_layers)),
+    """Pre-allocated KV cache of `length` slots for every layer, k/v [layers, B, length,
+    kv_heads, head_dim]; `mask`/`pos` record which slots hold tokens."""
+    shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+    return {"k": jnp.zeros(shape, config.compute_dtype),
+            "v": jnp.zeros(shape, config.compute_dtype),
             "mask": jnp.zeros((batch, length), bool),
             "pos": jnp.zeros((batch, length), jnp.int32),
             "index": jnp.zeros((), jnp.int32)}
 
 
 def fuse_for_decoding(params: Params, config: DecoderConfig) -> Params:
-    """Same model, fewer and wider matmuls: q|k|v and gate|up kernels concatenated per layer.
+    """Same model, fewer and wider matmuls: q|k|v and gate|up kernels concatenated per layer
+    (stacked: qkv_kernel is [layers, embed, (heads + 2 kv_heads) * head_dim]).
 
     For sampling loops on CPU, where per-op overhead and small matmuls dominate; call it once,
     outside the loop (the sampler does). Not for training: the fused tree has other names."""
-    D = config.embed_dim
-    fused = dict(params)
-    for i in range(config.num_layers):
-        layer = dict(params[f"layer_{i}"])
-        attn = dict(layer["attn"])
-        parts = [attn.pop(f"{x}_kernel").reshape(D, -1) for x in "qkv"]
-        attn["qkv_kernel"] = jnp.concatenate(parts, axis=1)
-        if config.qkv_bias:
-            attn["qkv_bias"] = jnp.concatenate([attn.pop(f"{x}_bias").reshape(-1) for x in "qkv"])
-        layer["attn"] = attn
-        if config.mlp == "swiglu":
-            mlp = dict(layer["mlp"])
-            mlp["gate_up_kernel"] = jnp.concatenate([mlp.pop("gate_kernel"),
-                                                     mlp.pop("up_kernel")], axis=1)
-            if config.mlp_bias:
-                mlp["gate_up_bias"] = jnp.concatenate([mlp.pop("gate_bias"), mlp.pop("up_bias")])
-            layer["mlp"] = mlp
-        fused[f"layer_{i}"] = layer
-    return fused
+    N, D = config.num_layers, config.embed_dim
+    layers = dict(params["layers"])
+    attn = dict(layers["attn"])
+    attn["qkv_kernel"] = jnp.concatenate(
+        [attn.pop(f"{x}_kernel").reshape(N, D, -1) for x in "qkv"], axis=-1)
+    if config.qkv_bias:
+        attn["qkv_bias"] = jnp.concatenate(
+            [attn.pop(f"{x}_bias").reshape(N, -1) for x in "qkv"], axis=-1)
+    layers["attn"] = attn
+    if config.mlp == "swiglu":
+        mlp = dict(layers["mlp"])
+        mlp["gate_up_kernel"] = jnp.concatenate([mlp.pop("gate_kernel"), mlp.pop("up_kernel")],
+                                                axis=-1)
+        if config.mlp_bias:
+            mlp["gate_up_bias"] = jnp.concatenate([mlp.pop("gate_bias"), mlp.pop("up_bias")],
+                                                  axis=-1)
+        layers["mlp"] = mlp
+    return {**params, "layers": layers}
+
+
+def truncate_layers(params: Params, num_layers: int) -> Params:
+    """The first `num_layers` layers of a decoder's params (embedding, final norm and lm_head
+    kept): a trunk for `config.replace(num_layers=num_layers)`. Works on fused params too."""
+    depth = max(x.shape[0] for x in jax.tree.leaves(params["layers"]))
+    if not 1 <= num_layers <= depth:
+        raise ValueError(f"truncate_layers: num_layers={num_layers} must be in 1..{depth} "
+                         "(the length of the stacked params['layers'] axis)")
+    return {**params, "layers": jax.tree.map(lambda x: x[:num_layers], params["layers"])}
 
 
 def cache_axes(config: DecoderConfig) -> dict[str, Any]:
     """Logical axis names for `init_cache`'s tree (to shard a cache by the same rules)."""
-    kv = ("batch", "kv_heads", "cache_length", "kv")
-    return {"layers": tuple({"k": kv, "v": kv} for _ in range(config.num_layers)),
-            "mask": ("batch", "cache_length"), "pos": ("batch", "cache_length"), "index": ()}
+    del config
+    kv = ("layers", "batch", "cache_length", "kv_heads", "kv")
+    return {"k": kv, "v": kv, "mask": ("batch", "cache_length"),
+            "pos": ("batch", "cache_length"), "index": ()}
 
 
 def forward_cached(params: Params, config: DecoderConfig, tokens_BxL: jax.Array,
@@ -253,10 +286,10 @@ def forward_cached(params: Params, config: DecoderConfig, tokens_BxL: jax.Array,
                                              (0, index))
     mask_BxLxS = _attention_mask(index + jnp.arange(L), positions_BxL, jnp.arange(S), k_pos_BxS,
                                  k_valid_BxS, config.sliding_window)
-    hidden_BxLxD, layers = Decoder(config).apply(
-        {"params": params}, tokens_BxL, positions_BxL, mask_BxLxS, cache["layers"], index)
-    return hidden_BxLxD, {"layers": layers, "mask": k_valid_BxS, "pos": k_pos_BxS,
-                          "index": index + L}
+    hidden_BxLxD, kv = Decoder(config).apply(
+        {"params": params}, tokens_BxL, positions_BxL, mask_BxLxS,
+        {"k": cache["k"], "v": cache["v"]}, index)
+    return hidden_BxLxD, {**kv, "mask": k_valid_BxS, "pos": k_pos_BxS, "index": index + L}
 
 
 # ----------------------------------------------------------------------------- scalar heads

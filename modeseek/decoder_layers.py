@@ -65,11 +65,48 @@ def _attention_mask(q_slot_L, q_pos_BxL, k_slot_S, k_pos_BxS, k_valid_BxS, windo
     return mask_BxLxS
 
 
+def _einsum_attention(q_BxLxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxLxS):
+    """softmax(q k^T / sqrt(K), masked) v with float32 scores; q head h reads kv head h // R."""
+    B, L, H, K = q_BxLxHxK.shape
+    G = k_BxSxGxK.shape[2]
+    q_BxLxGxRxK = q_BxLxHxK.reshape(B, L, G, H // G, K)
+    s_BxGxRxLxS = jnp.einsum("blgrk,bsgk->bgrls", q_BxLxGxRxK, k_BxSxGxK,
+                             preferred_element_type=jnp.float32) / math.sqrt(K)
+    s_BxGxRxLxS = jnp.where(mask_BxLxS[:, None, None], s_BxGxRxLxS, _NEG_INF)
+    p_BxGxRxLxS = jax.nn.softmax(s_BxGxRxLxS, axis=-1).astype(v_BxSxGxK.dtype)
+    return jnp.einsum("bgrls,bsgk->blgrk", p_BxGxRxLxS, v_BxSxGxK).reshape(B, L, H, K)
+
+
+def _dot_product_implementation(config: DecoderConfig, causal: bool) -> str | None:
+    """cuDNN flash attention where it applies (GPU, 16-bit compute, no KV cache, head_dim a
+    multiple of 8 up to 128), else None (= XLA; `implementation=None` is XLA in jax 0.10)."""
+    if (jax.default_backend() == "gpu" and causal and config.head_dim % 8 == 0
+            and config.head_dim <= 128 and config.dtype in ("bfloat16", "float16")):
+        return "cudnn"
+    return None
+
+
+def _fused_attention(q_BxLxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxLxS, config, causal: bool):
+    """`jax.nn.dot_product_attention` (GQA natively: q head h reads kv head h // R) under our
+    general mask; `causal` (slots of q and k aligned, no cache) lets cuDNN skip masked blocks."""
+    impl = _dot_product_implementation(config, causal)
+    kwargs = dict(mask=mask_BxLxS[:, None], is_causal=causal)
+    if impl is not None:
+        try:  # shapes/versions cuDNN refuses at trace time fall back to XLA
+            return jax.nn.dot_product_attention(q_BxLxHxK, k_BxSxGxK, v_BxSxGxK,
+                                                implementation=impl, **kwargs)
+        except (ValueError, NotImplementedError, RuntimeError):
+            pass
+    return jax.nn.dot_product_attention(q_BxLxHxK, k_BxSxGxK, v_BxSxGxK, **kwargs)
+
+
 class _Attention(nn.Module):
     config: DecoderConfig
 
     @nn.compact
-    def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, kv_cache, cache_index):
+    def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, kv_cache, layer, cache_index):
+        """`kv_cache`: None or {"k", "v"} of every layer, [layers, B, S, kv_heads, K]; this
+        layer's L new keys/values are written at [layer, :, cache_index]."""
         cfg = self.config
         D, H, G, K = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         dt = cfg.compute_dtype
@@ -95,25 +132,21 @@ class _Attention(nn.Module):
             q_BxLxHxK = _rope(proj("q", H, "heads"), positions_BxL, cfg)
             k_BxLxGxK = _rope(proj("k", G, "kv_heads"), positions_BxL, cfg)
             v_BxLxGxK = proj("v", G, "kv_heads")
-        q_BxLxHxK = nn.with_logical_constraint(q_BxLxHxK, ("batch", "length", "heads", "kv"))
-        # keys/values as [B, kv_heads, slots, K]: the layout the decode-step dots are fastest on
-        k_BxGxLxK = k_BxLxGxK.transpose(0, 2, 1, 3).astype(dt)
-        v_BxGxLxK = v_BxLxGxK.transpose(0, 2, 1, 3).astype(dt)
+        q_BxLxHxK = nn.with_logical_constraint(q_BxLxHxK.astype(dt),
+                                               ("batch", "length", "heads", "kv"))
+        k_BxSxGxK, v_BxSxGxK = k_BxLxGxK.astype(dt), v_BxLxGxK.astype(dt)
         if kv_cache is not None:
-            start = (0, 0, cache_index, 0)
-            k_BxGxSxK = jax.lax.dynamic_update_slice(kv_cache["k"], k_BxGxLxK, start)
-            v_BxGxSxK = jax.lax.dynamic_update_slice(kv_cache["v"], v_BxGxLxK, start)
-            kv_cache = {"k": k_BxGxSxK, "v": v_BxGxSxK}
-        else:
-            k_BxGxSxK, v_BxGxSxK = k_BxGxLxK, v_BxGxLxK
+            start = (layer, 0, cache_index, 0, 0)
+            kv_cache = {"k": jax.lax.dynamic_update_slice(kv_cache["k"], k_BxSxGxK[None], start),
+                        "v": jax.lax.dynamic_update_slice(kv_cache["v"], v_BxSxGxK[None], start)}
+            k_BxSxGxK = jax.lax.dynamic_index_in_dim(kv_cache["k"], layer, keepdims=False)
+            v_BxSxGxK = jax.lax.dynamic_index_in_dim(kv_cache["v"], layer, keepdims=False)
 
-        B, L = x_BxLxD.shape[:2]
-        q_BxLxGxRxK = q_BxLxHxK.reshape(B, L, G, H // G, K)  # q head h uses kv head h // R
-        s_BxGxRxLxS = jnp.einsum("blgrk,bgsk->bgrls", q_BxLxGxRxK, k_BxGxSxK,
-                                 preferred_element_type=jnp.float32) / math.sqrt(K)
-        s_BxGxRxLxS = jnp.where(mask_BxLxS[:, None, None], s_BxGxRxLxS, _NEG_INF)
-        p_BxGxRxLxS = jax.nn.softmax(s_BxGxRxLxS, axis=-1).astype(dt)
-        o_BxLxHxK = jnp.einsum("bgrls,bgsk->blgrk", p_BxGxRxLxS, v_BxGxSxK).reshape(B, L, H, K)
+        if cfg.attention == "einsum":
+            o_BxLxHxK = _einsum_attention(q_BxLxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxLxS)
+        else:
+            o_BxLxHxK = _fused_attention(q_BxLxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxLxS, cfg,
+                                         causal=kv_cache is None)
         w_o = _param(self, "o_kernel", (H, K, D), ("heads", "kv", "embed"))
         out_BxLxD = jnp.einsum("blhk,hkd->bld", o_BxLxHxK, w_o.astype(dt))
         if cfg.attn_out_bias:
@@ -152,13 +185,17 @@ class _Mlp(nn.Module):
 
 
 class _Block(nn.Module):
+    """One pre-norm layer as a scan body: carry (hidden, KV cache of all layers), per-layer
+    input the layer index; positions, mask and cache index are broadcast."""
+
     config: DecoderConfig
 
     @nn.compact
-    def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, kv_cache, cache_index):
+    def __call__(self, carry, layer, positions_BxL, mask_BxLxS, cache_index):
         cfg = self.config
+        x_BxLxD, kv_cache = carry
         attn_BxLxD, kv_cache = _Attention(cfg, name="attn")(
-            _Norm(cfg, name="attn_norm")(x_BxLxD), positions_BxL, mask_BxLxS, kv_cache,
+            _Norm(cfg, name="attn_norm")(x_BxLxD), positions_BxL, mask_BxLxS, kv_cache, layer,
             cache_index)
         if cfg.parallel_residual:
             x_BxLxD = x_BxLxD + attn_BxLxD + _Mlp(cfg, name="mlp")(
@@ -167,27 +204,39 @@ class _Block(nn.Module):
             x_BxLxD = x_BxLxD + attn_BxLxD
             x_BxLxD = x_BxLxD + _Mlp(cfg, name="mlp")(_Norm(cfg, name="mlp_norm")(x_BxLxD))
         x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
-        return x_BxLxD, kv_cache
+        return (x_BxLxD, kv_cache), None
+
+
+REMAT_POLICIES = {"dots_saveable": jax.checkpoint_policies.dots_saveable,
+                  "full": jax.checkpoint_policies.nothing_saveable}
 
 
 class Decoder(nn.Module):
-    """Returns final-normed hidden states; `unembed` maps them to logits."""
+    """Returns final-normed hidden states; `unembed` maps them to logits.
+
+    The layers are one `nn.scan` over parameters stacked on a leading "layers" axis (params
+    ["layers"][...] has shape [num_layers, ...]), so tracing and compile time do not grow with
+    depth; with `config.remat` != "none" the scanned block is rematerialised under the matching
+    `jax.checkpoint_policies` policy."""
 
     config: DecoderConfig
 
     @nn.compact
-    def __call__(self, tokens_BxL, positions_BxL, mask_BxLxS, kv_caches=None, cache_index=0):
+    def __call__(self, tokens_BxL, positions_BxL, mask_BxLxS, kv_cache=None, cache_index=0):
         cfg = self.config
         table = _param(self, "embedding", (cfg.vocab_size, cfg.embed_dim), ("vocab", "embed"),
                        nn.initializers.normal(cfg.init_std))
         x_BxLxD = jnp.take(table, tokens_BxL, axis=0).astype(cfg.compute_dtype)
-        new_caches = []
-        for i in range(cfg.num_layers):
-            x_BxLxD, c = _Block(cfg, name=f"layer_{i}")(
-                x_BxLxD, positions_BxL, mask_BxLxS,
-                None if kv_caches is None else kv_caches[i], cache_index)
-            new_caches.append(c)
+        block = _Block
+        if cfg.remat != "none":
+            block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
+        layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+                         length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+        (x_BxLxD, kv_cache), _ = layers(cfg, name="layers")(
+            (x_BxLxD, kv_cache), jnp.arange(cfg.num_layers), positions_BxL, mask_BxLxS,
+            jnp.asarray(cache_index, jnp.int32))
         x_BxLxD = _Norm(cfg, name="final_norm")(x_BxLxD)
         if not cfg.tied_embeddings:
             _param(self, "lm_head", (cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"))
-        return x_BxLxD, (None if kv_caches is None else tuple(new_caches))
+        return x_BxLxD, kv_cache

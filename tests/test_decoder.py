@@ -42,8 +42,9 @@ def test_tiny_size_and_axes_match_params():
     assert [p for p, _ in flat_p] == [p for p, _ in flat_a]
     for (path, x), (_, names) in zip(flat_p, flat_a):
         assert len(names) == x.ndim, path
-        assert set(names) <= {"vocab", "embed", "heads", "kv_heads", "kv", "mlp"}
-    assert axes["layer_0"]["attn"]["q_kernel"] == ("embed", "heads", "kv")
+        assert set(names) <= {"layers", "vocab", "embed", "heads", "kv_heads", "kv", "mlp"}
+    assert axes["layers"]["attn"]["q_kernel"] == ("layers", "embed", "heads", "kv")
+    assert params["layers"]["attn"]["q_kernel"].shape == (2, 48, 4, 12)
     assert axes["embedding"] == ("vocab", "embed")
     cache = dec.init_cache(config, 2, 8)
     cache_axes = dec.cache_axes(config)
@@ -116,10 +117,9 @@ def test_grouped_query_equals_multihead_with_repeated_kv(tokens):
     params = dec.init_params(jax.random.key(4), config)
     mha = config.replace(num_kv_heads=4)
     params_mha = jax.tree.map(lambda x: x, params)
-    for i in range(config.num_layers):
-        attn = params_mha[f"layer_{i}"]["attn"]
-        for name in ("k_kernel", "v_kernel"):  # q head h reads kv head h // 2
-            attn[name] = jnp.repeat(attn[name], 2, axis=1)
+    attn = params_mha["layers"]["attn"]  # [layers, embed, kv_heads, head_dim]
+    for name in ("k_kernel", "v_kernel"):  # q head h reads kv head h // 2
+        attn[name] = jnp.repeat(attn[name], 2, axis=2)
     np.testing.assert_allclose(forward(params, config, tokens),
                                forward(params_mha, mha, tokens), atol=1e-5)
 
@@ -132,7 +132,7 @@ def test_cached_logits_equal_recomputed(name, fused_variant, tokens):
     config = _config(name, **fused_variant)
     params = dec.init_params(jax.random.key(5), config)
     fused = dec.fuse_for_decoding(params, config)
-    assert "qkv_kernel" in fused["layer_0"]["attn"] and "q_kernel" not in fused["layer_0"]["attn"]
+    assert "qkv_kernel" in fused["layers"]["attn"] and "q_kernel" not in fused["layers"]["attn"]
     mask = np.ones((3, 10), np.int32)
     mask[0, :2] = 0  # left-padded row
     mask[1, 8:] = 0  # right-padded row
@@ -180,3 +180,103 @@ def test_scalar_head_scores_last_real_token(tokens):
     np.testing.assert_allclose(scores[0], values[0, 5], atol=1e-6)
     np.testing.assert_allclose(scores[0], scores[1], atol=2e-5)
     np.testing.assert_array_equal(dec.last_token_index(right_mask), [5, 8])
+
+
+def _numpy_attention(q, k, v, mask):
+    """Brute force: per batch row b, query head h (kv head h // R), query t."""
+    B, L, H, K = q.shape
+    G = k.shape[2]
+    out = np.zeros(q.shape, np.float64)
+    for b, t, h in np.ndindex(B, L, H):
+        s = k[b, :, h // (H // G)] @ q[b, t, h] / np.sqrt(K)
+        if mask[b, t].any():
+            s = np.where(mask[b, t], s, -np.inf)
+        else:
+            s = np.zeros_like(s)  # a fully masked (pad) query: uniform over every slot
+        p = np.exp(s - s.max())
+        out[b, t, h] = (p / p.sum()) @ v[b, :, h // (H // G)]
+    return out
+
+
+def test_attention_paths_equal_brute_force():
+    """Both attention paths against a NumPy loop, under a random mask with a fully masked row,
+    GQA (6 query heads on 2 kv heads) and keys longer than queries (the cached case)."""
+    from modeseek.decoder_layers import _einsum_attention, _fused_attention
+
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(2, 3, 6, 8)).astype(np.float32)
+    k, v = (rng.normal(size=(2, 5, 2, 8)).astype(np.float32) for _ in range(2))
+    mask = rng.random((2, 3, 5)) < 0.6
+    mask[0, 1] = False
+    ref = _numpy_attention(q, k, v, mask)
+    config = dec.DecoderConfig.tiny(num_heads=6, num_kv_heads=2, head_dim=8)
+    np.testing.assert_allclose(_einsum_attention(q, k, v, mask), ref, atol=1e-5)
+    np.testing.assert_allclose(_fused_attention(q, k, v, mask, config, False), ref, atol=1e-5)
+    causal = np.tril(np.ones((5, 5), bool)) & (rng.random((2, 1, 5)) < 0.7)
+    q5 = rng.normal(size=(2, 5, 6, 8)).astype(np.float32)
+    np.testing.assert_allclose(_fused_attention(q5, k, v, causal, config, True),
+                               _numpy_attention(q5, k, v, causal), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["neox", "mistral"])
+def test_dot_product_and_einsum_models_agree(name, tokens):
+    config = _config(name)
+    params = dec.init_params(jax.random.key(9), config)
+    mask = np.ones((3, 10), np.int32)
+    mask[0, :4] = 0
+    fused = forward(params, config, tokens, attention_mask_BxL=mask)
+    plain = forward(params, config.replace(attention="einsum"), tokens, attention_mask_BxL=mask)
+    np.testing.assert_allclose(fused, plain, atol=2e-5)
+
+
+def _nll(config, tokens):
+    def loss(p):
+        logps = jax.nn.log_softmax(dec.forward(p, config, tokens))
+        return -jnp.mean(jnp.take_along_axis(logps[:, :-1], tokens[:, 1:, None], -1))
+    return loss
+
+
+def test_remat_policies_give_identical_gradients(tokens):
+    config = _config("llama", num_layers=3)
+    params = dec.init_params(jax.random.key(10), config)
+    grads = {}
+    for remat in ("none", "dots_saveable", "full"):
+        loss = _nll(config.replace(remat=remat), tokens)
+        jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params))
+        assert ("checkpoint" in jaxpr or "remat" in jaxpr) == (remat != "none"), remat
+        grads[remat] = jax.jit(jax.grad(loss))(params)
+    for remat in ("dots_saveable", "full"):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4),
+                     grads[remat], grads["none"])
+    with pytest.raises(ValueError, match="remat"):
+        config.replace(remat="some")
+
+
+def test_trace_size_does_not_grow_with_depth(tokens):
+    """One scanned block: the traced program of 2 and 12 layers has the same operations."""
+    def ops(depth):
+        config = _config(num_layers=depth)
+        params = jax.eval_shape(dec.init_params, jax.random.key(0), config)
+        jaxpr = jax.make_jaxpr(jax.grad(_nll(config, tokens)))(params)
+        return str(jaxpr).count("dot_general")
+
+    assert ops(2) == ops(12) > 0
+
+
+def test_truncate_layers_equals_model_with_identity_top_layers(tokens):
+    """A pre-norm layer whose output projections are zero is the identity, so a 3-layer model
+    with layer 2 zeroed equals its 2-layer truncation (embedding and final norm kept)."""
+    config = _config(num_layers=3)
+    params = dec.init_params(jax.random.key(11), config)
+    zeroed = jax.tree.map(lambda x: x, params)
+    for group, name in (("attn", "o_kernel"), ("mlp", "down_kernel")):
+        zeroed["layers"][group][name] = params["layers"][group][name].at[2].set(0.0)
+    trunk = dec.truncate_layers(params, 2)
+    assert trunk["layers"]["attn"]["q_kernel"].shape[0] == 2
+    np.testing.assert_allclose(forward(trunk, config.replace(num_layers=2), tokens),
+                               forward(zeroed, config, tokens), atol=1e-5)
+    fused = dec.truncate_layers(dec.fuse_for_decoding(params, config), 1)
+    assert fused["layers"]["attn"]["qkv_kernel"].shape[0] == 1
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match="num_layers"):
+            dec.truncate_layers(params, bad)

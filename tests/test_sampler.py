@@ -83,8 +83,9 @@ def test_eos_stops_each_row_and_masks_the_rest(params):
     greedy = sampler.sample(jax.random.key(4), params, CONFIG, tokens, mask, max_new_tokens=T,
                             temperature=0.0)
     eos = int(greedy.response_tokens[0, 2])  # row 0 emits it at step 2 (maybe earlier)
+    never = max(set(range(1, 256)) - set(np.asarray(greedy.response_tokens).ravel().tolist()))
     out = sampler.sample(jax.random.key(4), params, CONFIG, tokens, mask, max_new_tokens=T,
-                         temperature=0.0, eos_id=(eos, 255), pad_id=0)
+                         temperature=0.0, eos_id=(eos, never), pad_id=0)
     for b in range(3):
         row = np.asarray(greedy.response_tokens[b])
         hits = np.flatnonzero(row == eos)
