@@ -60,7 +60,7 @@ class StageEnv:
         config, host_params, tokenizer = load_base(cfg.model)
         config = stage_model_config(config, stage_cfg)
         if host_params is not None:
-            host_params = truncate_layers(host_params, config.num_layers)
+            host_params = dec.truncate_layers(host_params, config.num_layers)
         return cls(cfg, stage_cfg, os.path.dirname(os.path.abspath(stage_dir)), mesh, config,
                    host_params, tokenizer)
 
@@ -237,12 +237,6 @@ def stage_model_config(base: dec.DecoderConfig, stage_cfg) -> dec.DecoderConfig:
     if k > base.num_layers:
         raise ValueError(f"stage {stage_cfg.name}: trunk_layers={k} > {base.num_layers} layers")
     return base.replace(num_layers=k)
-
-
-def truncate_layers(params, num_layers: int):
-    """Drop decoder layers num_layers, num_layers + 1, ... from a parameter tree."""
-    return {name: value for name, value in params.items()
-            if not name.startswith("layer_") or int(name.split("_")[1]) < num_layers}
 
 
 def train_source(cfg, stage_cfg):

@@ -41,6 +41,7 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("kv_heads", "tensor"),
     ("mlp", "tensor"),
     ("kv", None),
+    ("layers", None),  # the scanned decoder's stacked-layer axis: never sharded
 )
 
 
