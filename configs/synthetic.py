@@ -30,17 +30,19 @@ from modeseek.taxonomy import DEFAULT_HPARAMS
 CORE = ("onpolicy_dpo", "offline_dpo", "ppo", "onpolicy_rwr", "pref_ft", "onpolicy_bofn")
 ALL = CORE + ("onpolicy_ipo", "offline_ipo", "reinforce", "rloo")
 
-# One step size for every method (not tuned per method): at 3e-4 every method except Pref-FT
-# reached length 0 on Min Length within ~25 steps, hiding the differences in speed.
-LEARNING_RATES = {name: 1e-4 for name in ALL}
+# The learning rate is a swept axis, the same grid for every method (not tuned per method):
+# every verdict is judged at each rate of the grid ("held at N of M step sizes").
+LEARNING_RATE_GRID = (3e-5, 1e-4, 3e-4)
 
 
 def _length_data():
     return ml_collections.ConfigDict(dict(
-        vocab_size=32, prompt_len=4, max_new_tokens=48, mode=16.0,
+        vocab_size=32, prompt_len=4, max_new_tokens=64, mode=24.0,
         sft_examples=8192, sft_steps=300, sft_batch=64, sft_lr=3e-3,
-        pref_prompts=2048, heldout_fraction=0.1, skew_cap=12, offline_pairs_max=1024,
-        rm_steps=200, rm_batch=64, rm_lr=1e-3, pool_prompts=1024))
+        # skew_cap 0: cap Skew's completions at π_ref's median length (measured on the samples)
+        pref_prompts=2048, heldout_fraction=0.1, skew_cap=0, offline_pairs_max=1024,
+        rm_steps=200, rm_batch=64, rm_lr=1e-3, pool_prompts=1024,
+        rm_eval_prompts=1024))  # fresh π_ref pairs, gold-labelled: the proxy RM's accuracy
 
 
 def _token_data():
@@ -48,7 +50,7 @@ def _token_data():
         vocab_size=100, prompt_len=1, max_new_tokens=9, mode=0.0,
         sft_examples=8192, sft_steps=300, sft_batch=64, sft_lr=3e-3,
         pref_prompts=1024, heldout_fraction=0.1, skew_cap=0, offline_pairs_max=1024,
-        rm_steps=0, rm_batch=0, rm_lr=0.0, pool_prompts=100))
+        rm_steps=0, rm_batch=0, rm_lr=0.0, pool_prompts=100, rm_eval_prompts=0))
 
 
 def get_config(arg: str = ""):
@@ -66,8 +68,10 @@ def get_config(arg: str = ""):
     c.minibatch_prompts = 8          # M (one minibatch per pass: T gradient steps/iteration)
     c.reuse = 2                      # T
     c.offline_pairs = 16             # pairs per offline step (= B/C·C/2 sequences' worth)
-    c.learning_rates = ml_collections.ConfigDict(LEARNING_RATES)
-    c.learning_rate = 0.0            # > 0: this rate for every algorithm (traced: no recompile)
+    c.learning_rate_grid = LEARNING_RATE_GRID  # swept for every algorithm in one program
+    c.learning_rate = 0.0            # > 0: this one rate instead of the grid (traced)
+    c.target_fraction = 0.1          # Min/Skew: "short" = length ≤ this × π_ref's mean length
+    c.early_steps = (10, 20, 40)     # gradient steps at which curves are compared
     # loss hyperparameters: the taxonomy's defaults (their one home), overridable here
     c.hparams = ml_collections.ConfigDict(dict(DEFAULT_HPARAMS))
     c.overrides = ml_collections.ConfigDict({})
@@ -79,8 +83,8 @@ def get_config(arg: str = ""):
         c.tasks = ("R1", "R2")
         c.data = _token_data()
         c.model.num_layers = 3
-        for name in ALL:  # at 1e-4, 40 steps barely move the 9-token reward (token_quick run)
-            c.learning_rates[name] = 1e-3
+        # at 1e-4, 40 steps barely move the 9-token reward (token_quick run)
+        c.learning_rate_grid = (1e-3,)
         c.iterations = 60
         if arg == "token_quick":
             c.seeds, c.iterations = 1, 20
@@ -108,6 +112,7 @@ def get_config(arg: str = ""):
         c.data.rm_steps = 30
         c.data.rm_batch = 16
         c.data.pool_prompts = 16
+        c.data.rm_eval_prompts = 64
     elif arg:
         raise ValueError(f"unknown configs/synthetic.py argument {arg!r}; use '', 'quick', "
                          "'token_bandit', 'token_quick' or 'tiny'")

@@ -116,7 +116,7 @@ def _setup(config, cfg, algorithm, **changes):
 
 
 def _run(config, setup, data, *, iterations, learning_rates=None, seeds=1):
-    rates = learning_rates or (study.learning_rate_of(config, setup.algorithm),)
+    rates = learning_rates or study.learning_rates_of(config)[:1]
     return study.run_algorithm(setup, {"min": data}, seeds=seeds, iterations=iterations,
                                learning_rates=rates,
                                hparams=study.hparams_for(config, setup.algorithm))
@@ -174,7 +174,7 @@ def test_cli_learning_rate_override_is_traced(tmp_path):
     config.unlock()
     config.learning_rate = 2e-3
     study.validate(config)
-    assert study.learning_rate_of(config, "pref_ft") == 2e-3
+    assert study.learning_rates_of(config) == (2e-3,)
     assert "learning_rate" not in {f.name for f in dataclasses.fields(study.Setup)}
     config.hparams.betta = 1.0
     with pytest.raises(ValueError, match="did you mean 'beta'"):
@@ -202,8 +202,8 @@ def test_bad_config_fails_before_compilation(field, value, message):
 def test_bad_learning_rate_and_beta_are_named():
     config = synthetic_config.get_config("tiny")
     config.unlock()
-    config.learning_rates.pref_ft = 0.0
-    with pytest.raises(ValueError, match="learning_rates.pref_ft"):
+    config.learning_rate_grid = (1e-4, 0.0)
+    with pytest.raises(ValueError, match="learning_rate_grid"):
         study.validate(config)
     config = synthetic_config.get_config("tiny")
     config.unlock()
