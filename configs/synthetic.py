@@ -54,7 +54,7 @@ def _token_data():
 
 
 def get_config(arg: str = ""):
-    """arg: "" (length study), "quick", "token_bandit", "token_quick" or "tiny" (tests)."""
+    """arg: "" (length study), "quick", "reduced", "token_bandit", "token_quick" or "tiny"."""
     c = ml_collections.ConfigDict()
     c.study = "length"
     c.tasks = ("min", "mode", "skew")
@@ -91,6 +91,11 @@ def get_config(arg: str = ""):
     elif arg == "quick":
         c.seeds = 1
         c.iterations = 20
+    elif arg == "reduced":  # the default's tasks, data and grid on a loaded CPU: see above
+        c.seeds = 2
+        c.iterations = 30
+        c.prompts_per_iteration = c.minibatch_prompts = 4
+        c.offline_pairs = 8
     elif arg == "tiny":  # tests: every code path in seconds
         c.tasks = ("min",)
         c.seeds = 1
@@ -115,6 +120,6 @@ def get_config(arg: str = ""):
         c.data.rm_eval_prompts = 64
     elif arg:
         raise ValueError(f"unknown configs/synthetic.py argument {arg!r}; use '', 'quick', "
-                         "'token_bandit', 'token_quick' or 'tiny'")
+                         "'reduced', 'token_bandit', 'token_quick' or 'tiny'")
     c.lock()
     return c

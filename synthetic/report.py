@@ -105,10 +105,13 @@ class Study:
                 {s: value_at_step(y, s, spi) for s in self.early})
 
 
+def _n(v):
+    return "never" if not np.isfinite(v) else f"{v:.0f}"
+
+
 def _fmt_steps(steps):
     m, lo, hi = median_iqr(steps)
-    f = lambda v: "never" if not np.isfinite(v) else f"{v:.0f}"
-    return f"{f(m)} [{f(lo)}–{f(hi)}]"
+    return f"{_n(m)} [{_n(lo)}–{_n(hi)}]"
 
 
 def table(study, task):
@@ -146,7 +149,7 @@ def _compare(study, task, a, b, what):
         flags.append(beats(ra[0], rb[0], ra[1], rb[1], lower))
         sa, sb = np.median(ra[0]), np.median(rb[0])
         ratio = f", ×{sb / sa:.1f}" if np.isfinite(sa) and np.isfinite(sb) and sa > 0 else ""
-        parts.append(f"lr {lr:g}: {sa:.0f} vs {sb:.0f} steps{ratio} (final "
+        parts.append(f"lr {lr:g}: {_n(sa)} vs {_n(sb)} steps{ratio} (final "
                      f"{np.median(ra[1]):.1f} vs {np.median(rb[1]):.1f})")
     return (f"{task}: {what}", verdict(flags), f"{a} vs {b}: " + "; ".join(parts))
 
@@ -163,8 +166,8 @@ def _first(study, task, a="onpolicy_dpo"):
                          np.median(mine[0]) == np.median(r[0]) < np.inf
                          for r in others.values()))
         best = min(others, key=lambda b: np.median(others[b][0]))
-        parts.append(f"lr {lr:g}: {np.median(mine[0]):.0f} steps, next {best} "
-                     f"{np.median(others[best][0]):.0f}")
+        parts.append(f"lr {lr:g}: {_n(np.median(mine[0]))} steps, next {best} "
+                     f"{_n(np.median(others[best][0]))}")
     return (f"{task}: on-policy DPO (on-policy + negative gradient) reaches the target no later "
             "than any other method", verdict(flags), "; ".join(parts))
 
