@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from synthetic.report import curve_key  # noqa: E402
+
 _LABELS = {"length": "response length (tokens)", "mode_distance": "|length − mode| (tokens)",
            "gold": "gold reward", "train_reward": "proxy reward", "kl_ref": "KL(π‖π_ref)"}
 
@@ -27,7 +29,7 @@ def curves_vs_steps(config, records, curves, path, metric_for_task, rates):
         metric = metric_for_task(task)
         for ax, lr in zip(row, rates):
             for algorithm in config.algorithms:
-                c = curves.get(f"{task}/{algorithm}/{lr:g}")
+                c = curves.get(curve_key(task, algorithm, lr))
                 if c is None:
                     continue
                 y = c[metric]

@@ -1,4 +1,5 @@
-"""report.md for a synthetic study: setup, the proxy RMs judged on π_ref, a table per task and
+"""report.md for a synthetic study (and the run folder's results.json / metrics.jsonl: `save`,
+`load`): setup, the proxy RMs judged on π_ref, a table per task and
 the paper's findings (PAPER.md §1, §5), each judged at every learning rate of the grid.
 
 Measures (robust to saturation; every number is a median over seeds, IQR = 25th–75th
@@ -15,6 +16,9 @@ sizes" or "did not hold" (none).
 """
 
 from __future__ import annotations
+
+import json
+import os
 
 import numpy as np
 
@@ -67,6 +71,11 @@ def verdict(flags) -> str:
 # ----------------------------------------------------------------------------- study access
 
 
+def curve_key(task, algorithm, learning_rate) -> str:
+    """Curves are keyed "task/algorithm/lr" (lr printed with %g)."""
+    return f"{task}/{algorithm}/{float(learning_rate):g}"
+
+
 class Study:
     """Measures of one study's curves: `metric(task)`, `target(task)`, per-run vectors."""
 
@@ -77,7 +86,7 @@ class Study:
         self.early = tuple(config.get("early_steps", EARLY_STEPS_DEFAULT))
 
     def curve(self, task, algorithm, lr, metric):
-        c = self.curves.get(f"{task}/{algorithm}/{lr:g}")
+        c = self.curves.get(curve_key(task, algorithm, lr))
         return None if c is None else c[metric]
 
     def metric(self, task):
@@ -196,6 +205,35 @@ def _overoptimisation(study, task="skew", a="ppo"):
             "; ".join(parts))
 
 
+def rank_correlation(mean_by_length, count, lo, hi, min_count=5):
+    """Spearman ρ between length and mean RM score over bins lo ≤ length ≤ hi holding ≥
+    min_count π_ref samples (NaN with < 3 such bins)."""
+    mean = np.array([np.nan if v is None else v for v in mean_by_length], np.float64)
+    x = np.nonzero((np.asarray(count) >= min_count) & (np.arange(len(mean)) >= lo)
+                   & (np.arange(len(mean)) <= hi))[0]
+    if len(x) < 3:
+        return float("nan")
+    ranks = np.argsort(np.argsort(mean[x]))
+    return float(np.corrcoef(np.arange(len(x)), ranks)[0, 1])
+
+
+def _rm_row(t, m):
+    mean, count = m["rm_score_by_length"], m["rm_count_by_length"]
+    split = m.get("skew_cap") or m["ref_median_length"]
+    if t == "mode":
+        shape = (f"highest mean score at length {m['rm_ref_argmax_length']} (data mode "
+                 f"{m['mode']})")
+    else:
+        mono = "yes" if m["rm_ref_monotone"] else f"no (rises at {m['rm_ref_rises']})"
+        shape = (f"score falls monotonically with length: {mono}; Spearman ρ(length, score) "
+                 f"{rank_correlation(mean, count, 0, split):+.2f} for lengths ≤ {split}, "
+                 f"{rank_correlation(mean, count, split + 1, len(mean)):+.2f} above")
+    return (f"{t}: the proxy RM orders gold-labelled π_ref pairs better than chance",
+            "held" if m["rm_ref_accuracy"] > 0.5 else "did not hold",
+            f"accuracy {m['rm_ref_accuracy']:.3f} on {m['rm_ref_pairs']} π_ref pairs (on its "
+            f"own held-out preference pairs {m['rm_heldout_accuracy']:.3f}); {shape}")
+
+
 def findings(study):
     """[(finding, verdict, evidence)] for the study's tasks."""
     config, rows = study.config, []
@@ -219,15 +257,7 @@ def findings(study):
                                    for lr, (a, b) in zip(study.rates, s))))
         if "skew" in config.tasks and "ppo" in config.algorithms:
             rows.append(_overoptimisation(study))
-        for t, m in study.info["tasks"].items():
-            mono = ("" if t == "mode" else "; score falls monotonically with length: "
-                    + ("yes" if m["rm_ref_monotone"] else f"no (rises at {m['rm_ref_rises']})"))
-            rows.append((f"{t}: the proxy RM orders gold-labelled π_ref pairs better than chance",
-                         "held" if m["rm_ref_accuracy"] > 0.5 else "did not hold",
-                         f"accuracy {m['rm_ref_accuracy']:.3f} on {m['rm_ref_pairs']} π_ref "
-                         f"pairs (on its own held-out preference pairs "
-                         f"{m['rm_heldout_accuracy']:.3f}){mono}; highest mean score at length "
-                         f"{m['rm_ref_argmax_length']}"))
+        rows += [_rm_row(t, m) for t, m in study.info["tasks"].items()]
     elif "R1" in config.tasks:
         rows.append(_compare(study, "R1", "onpolicy_dpo", "offline_dpo",
                              "on-policy beats offline when the peak has low π_ref"))
@@ -274,3 +304,47 @@ def write_report(path, config, records, curves, info, plots):
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return rows
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+def save(out, records, curves, info):
+    """results.json (records + info) and metrics.jsonl (one line per task/algorithm/seed/
+    iteration with every metric)."""
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"runs": records, "info": info}, f, indent=1, default=str)
+    with open(os.path.join(out, "metrics.jsonl"), "w") as f:
+        for name, m in curves.items():
+            task, algorithm, lr = name.split("/")
+            seeds, iters = next(iter(m.values())).shape
+            for s in range(seeds):
+                for i in range(iters):
+                    row = {k: round(float(v[s, i]), 5) for k, v in m.items()}
+                    f.write(json.dumps(dict(task=task, algorithm=algorithm, lr=float(lr), seed=s,
+                                            iteration=i, **row)) + "\n")
+
+
+def load(out):
+    """Inverse of `save`: (records, curves, info) from a run folder (to re-render a report)."""
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    rows = {}
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        for line in f:
+            r = json.loads(line)
+            key = curve_key(r.pop("task"), r.pop("algorithm"), r.pop("lr"))
+            seed, it = r.pop("seed"), r.pop("iteration")
+            for k, v in r.items():
+                rows.setdefault(key, {}).setdefault(k, {})[(seed, it)] = v
+    curves = {}
+    for key, metrics in rows.items():
+        curves[key] = {}
+        for k, cells in metrics.items():
+            seeds = 1 + max(s for s, _ in cells)
+            iters = 1 + max(i for _, i in cells)
+            arr = np.zeros((seeds, iters), np.float32)
+            for (s, i), v in cells.items():
+                arr[s, i] = v
+            curves[key][k] = arr
+    return results["runs"], curves, results["info"]

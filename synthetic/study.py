@@ -11,8 +11,6 @@ and process — `compiled` — and reused for every task and every value), retur
 from __future__ import annotations
 
 import functools
-import json
-import os
 import time
 
 import jax
@@ -23,6 +21,7 @@ import tqdm
 import modeseek
 from modeseek.sampler import sample
 from synthetic import models, tasks
+from synthetic.report import curve_key
 from synthetic.train import SUPPORTED, Setup, TaskData, hparams_of, make_train
 
 TOKEN_TASKS = {"R1": 70.0, "R2": 20.0}
@@ -324,11 +323,6 @@ def run_algorithm(setup: Setup, task_data: dict, *, seeds: int, iterations: int,
     return out, timing
 
 
-def curve_key(task, algorithm, learning_rate) -> str:
-    """Curves are keyed "task/algorithm/lr" (lr printed with %g)."""
-    return f"{task}/{algorithm}/{learning_rate:g}"
-
-
 def run_study(config, cache_dir, *, show_progress=True, log=print):
     """Returns (records, curves {"task/algorithm/lr": {metric: [seeds, I]}}, info): every
     algorithm × task × learning rate × seed, rates and seeds vmapped in one program."""
@@ -372,44 +366,3 @@ def run_study(config, cache_dir, *, show_progress=True, log=print):
                             finite=bool(all(np.isfinite(v[seed]).all() for v in m.values()))))
     info["total_seconds"] = time.perf_counter() - t0
     return records, curves, info
-
-
-def save(out, records, curves, info):
-    """results.json (records + info) and metrics.jsonl (one line per task/algorithm/seed/
-    iteration with every metric)."""
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"runs": records, "info": info}, f, indent=1, default=str)
-    with open(os.path.join(out, "metrics.jsonl"), "w") as f:
-        for name, m in curves.items():
-            task, algorithm, lr = name.split("/")
-            seeds, iters = next(iter(m.values())).shape
-            for s in range(seeds):
-                for i in range(iters):
-                    row = {k: round(float(v[s, i]), 5) for k, v in m.items()}
-                    f.write(json.dumps(dict(task=task, algorithm=algorithm, lr=float(lr), seed=s,
-                                            iteration=i, **row)) + "\n")
-
-
-def load(out):
-    """Inverse of `save`: (records, curves, info) from a run folder (to re-render a report)."""
-    with open(os.path.join(out, "results.json")) as f:
-        results = json.load(f)
-    rows = {}
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        for line in f:
-            r = json.loads(line)
-            key = curve_key(r.pop("task"), r.pop("algorithm"), r.pop("lr"))
-            seed, it = r.pop("seed"), r.pop("iteration")
-            for k, v in r.items():
-                rows.setdefault(key, {}).setdefault(k, {})[(seed, it)] = v
-    curves = {}
-    for key, metrics in rows.items():
-        curves[key] = {}
-        for k, cells in metrics.items():
-            seeds = 1 + max(s for s, _ in cells)
-            iters = 1 + max(i for _, i in cells)
-            arr = np.zeros((seeds, iters), np.float32)
-            for (s, i), v in cells.items():
-                arr[s, i] = v
-            curves[key][k] = arr
-    return results["runs"], curves, results["info"]

@@ -113,6 +113,17 @@ def test_score_by_length_and_monotone_against_brute_force():
     assert not mono and rises == [5] and bins == 8
 
 
+def test_rank_correlation_hand_values():
+    mean = [None, 5.0, 4.0, 3.0, 3.5, 1.0, 0.0]
+    count = [0, 9, 9, 9, 9, 9, 2]
+    assert np.isnan(report.rank_correlation(mean, count, 0, 2))  # only 2 bins with ≥ 5
+    assert report.rank_correlation(mean, count, 0, 3) == pytest.approx(-1.0)
+    # bins 1…5 (bin 6 has < 5 samples): ranks of (5, 4, 3, 3.5, 1) = (4, 3, 1, 2, 0)
+    r = np.corrcoef(np.arange(5), [4, 3, 1, 2, 0])[0, 1]
+    assert report.rank_correlation(mean, count, 0, 6) == pytest.approx(r)
+    assert np.isnan(report.rank_correlation(mean, count, 4, 6))
+
+
 # ----------------------------------------------------------------------------- verdicts
 
 
@@ -149,6 +160,17 @@ def _constructed_study(speeds):
         records.append(dict(algorithm=a, steps_per_iteration=2))
     info = dict(learning_rates=rates, tasks={})
     return report.Study(config, records, curves, info)
+
+
+def test_run_folder_round_trip_keeps_learning_rates(tmp_path):
+    s = _constructed_study({("onpolicy_dpo", 0): 0.3, ("onpolicy_dpo", 2): 0.1})
+    records = [dict(task="min", algorithm="onpolicy_dpo", seed=0)]
+    report.save(str(tmp_path), records, s.curves, {"learning_rates": [1e-4, 1e-3]})
+    back_records, back, info = report.load(str(tmp_path))
+    assert sorted(back) == ["min/onpolicy_dpo/0.0001", "min/onpolicy_dpo/0.001"]
+    np.testing.assert_allclose(back["min/onpolicy_dpo/0.001"]["length"],
+                               s.curves["min/onpolicy_dpo/0.001"]["length"], atol=1e-4)
+    assert back_records == records and info["learning_rates"] == [1e-4, 1e-3]
 
 
 def test_finding_held_at_two_of_three_step_sizes_on_a_constructed_table():
