@@ -45,8 +45,11 @@ def value_at_step(y_SxI, step, steps_per_iteration):
 
 
 def median_iqr(x):
+    """(median, 25th, 75th percentile); the quartiles are sample values (no interpolation, so
+    'never' = ∞ stays ∞), the median is np.median's (the mean of the middle two)."""
     x = np.asarray(x, np.float64)
-    return tuple(float(v) for v in np.percentile(x, [50, 25, 75], method="lower"))
+    return (float(np.median(x)), float(np.percentile(x, 25, method="lower")),
+            float(np.percentile(x, 75, method="higher")))
 
 
 def beats(steps_a, steps_b, final_a, final_b, lower_is_better=True):

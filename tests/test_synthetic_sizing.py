@@ -141,6 +141,8 @@ def test_steps_to_and_value_at_step():
     np.testing.assert_array_equal(report.steps_to(-y, -27.0, 1, lower_is_better=False), [1, 3])
     np.testing.assert_array_equal(report.value_at_step(y, 3, 2), [10, 28])
     assert np.isnan(report.value_at_step(y, 20, 2)).all()
+    assert report.median_iqr([24, 28]) == (26.0, 24.0, 28.0)
+    assert report.median_iqr([4, np.inf, 8, np.inf]) == (np.inf, 4.0, np.inf)
     assert report.beats([4, 6, np.inf], [8, 8, 8], [0, 0, 0], [0, 0, 0])
     assert not report.beats([8, 8], [8, 8], [0, 0], [1, 1])  # equal steps: not beaten
     assert report.beats([np.inf] * 2, [np.inf] * 2, [3, 3], [5, 5])  # neither: final decides
