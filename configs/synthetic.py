@@ -2,25 +2,37 @@
 (PAPER.md §4 token variant, §5).
 
 Command:   python -m synthetic                                  (length study, runs/synthetic-*)
-           python -m synthetic --quick                          (same, small: < 2 min)
+           python -m synthetic --config configs/synthetic.py:reduced   (what was measured)
+           python -m synthetic --quick                          (1 seed × 20 iterations)
            python -m synthetic --config configs/synthetic.py:token_bandit
-Runtime:   default measured 1,082 s (18 min) on this 2-core CPU at load average ≈ 10 (other
-           jobs running), with the reference and RMs already cached; building them adds
-           ≈ 5 min at that load (cached in <run folder>/../synthetic-cache, keyed on the data
-           and model config). 6 compiled programs (one per algorithm, shared by the 3 tasks;
-           30–115 s each at that load). `quick` = 1 seed × 20 iterations.
+           --config.learning_rate=X runs one rate instead of the grid (traced: no recompile).
+Sizing:    responses up to 64 tokens (lengths 1…63 + EOS; 64 = no EOS), data mode 24, π_ref's
+           mean length 28.4 and median 28 (reference SFT on this data), so Min/Skew start far
+           above the target (length ≤ 0.1 · 28.4 = 2.8 tokens); Skew caps every preference
+           completion at π_ref's median (28), covering π_ref's lower half exactly. Each proxy
+           RM is also judged on 1,024 fresh gold-labelled π_ref pairs. The learning rate is a
+           swept axis, LEARNING_RATE_GRID for every method, rates × seeds vmapped in one
+           compiled program per algorithm; every verdict is judged at each rate.
+Runtime:   `reduced` (3 tasks × 6 algorithms × 3 rates × 2 seeds = 108 runs, 30 iterations of
+           4 prompts × 4 samples, T = 2: 60 gradient steps) measured 990 s wall (16.5 min) on
+           this shared 2-core CPU at load average 5.4–8.4 (1-min samples; other jobs running),
+           reference and RMs cached (building them took ≈ 12 min at load ≈ 8–13). The default
+           (3 seeds, 40 iterations of 8 prompts × 4 samples: 162 runs, 80 steps) is ≈ 3.4× the
+           run work and was NOT run (estimated ≈ 50 min at that load).
 Expected:  the paper: on Min and Skew Length on-policy DPO shortens responses fastest (≈ 0
-           tokens within ≈ 75 steps), offline DPO and max-likelihood methods lag; on Mode
-           Length all methods end close together. Measured (synthetic/results/report.md): on
-           Min every method but Pref-FT reaches ≈ 0 tokens in ≈ 30 steps (no separation at
-           this lr); Mode: methods end within 2.1 of each other (held); Skew: offline DPO ends
-           shortest (0.8 tokens), on-policy methods 2.8–3.7 with a large seed spread, and PPO
-           over-optimises the proxy RM (length grows to 43: the RM never saw long responses).
+           tokens within ≈ 75 steps, ≈ 2× faster than offline DPO), max-likelihood methods
+           lag; on Mode Length all methods end close together. Measured (`reduced`, medians
+           over 2 seeds; runs/synthetic-reduced/report.md, not committed): only lr 3e-4 reaches
+           the target within 60 steps — Min: PPO 24, on-policy DPO 26, offline DPO 27,
+           RWR 30, BoN 29 steps, Pref-FT never (≈ 21 tokens): no 2× gap (×1.0); Skew:
+           on-policy DPO 27 vs offline DPO 34 (×1.3); at 3e-5/1e-4 no method reaches it and
+           the verdicts rest on final lengths. Proxy RMs order π_ref pairs at 0.988 (Min),
+           0.981 (Mode), 0.815 (Skew, 1.000 on its own held-out data); the Skew RM's score
+           rises with length above the cap (Spearman +0.97), yet PPO shortened responses at
+           every rate (no over-optimisation in 60 steps).
 
 Model sizes: the length tasks use `DecoderConfig.tiny` (2 layers, 48 dims) on a 32-token
-language with responses of at most 47 tokens + EOS, mode 16 (smaller than the issue's example
-range 1–64 / mode 24 so the study fits its CPU budget); the token bandit uses the authors'
-3-layer, 3-head, 48-dim GPT.
+language; the token bandit uses the authors' 3-layer, 3-head, 48-dim GPT.
 """
 
 import ml_collections
