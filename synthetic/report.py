@@ -9,8 +9,9 @@ percentile):
                    reward ≥ 0.5 · (1 + reference reward). Mode: |length − mode| ≤ 2.
   value at step s  the curve at the iteration holding gradient step s (config.early_steps).
   final            mean over the last 10% of iterations.
-A method "beats" another at one learning rate when its median steps to target is smaller, or,
-when neither reaches the target, its median final value is better (equal: not beaten).
+A method "beats" another at one learning rate when, for every seed (paired: seed s shares its
+keys across methods), it reaches the target in fewer steps, or in as many (also: both never) with
+a better final value (`beats`); medians are the evidence shown.
 `verdict(flags)` turns the per-rate outcomes into "held" (every rate), "held at N of M step
 sizes" or "did not hold" (none).
 """
@@ -52,14 +53,17 @@ def median_iqr(x):
             float(np.percentile(x, 75, method="higher")))
 
 
-def beats(steps_a, steps_b, final_a, final_b, lower_is_better=True):
-    """Whether method a beats b at one rate: smaller median steps to target, or — when neither
-    median reaches it — a better median final value. Ties do not count."""
-    sa, sb = np.median(steps_a), np.median(steps_b)
-    if np.isfinite(sa) or np.isfinite(sb):
-        return bool(sa < sb)
-    fa, fb = np.median(final_a), np.median(final_b)
-    return bool(fa < fb if lower_is_better else fa > fb)
+def beats(steps_a, steps_b, final_a, final_b, lower_is_better=True, strict=True):
+    """Whether method a beats b at one rate, paired by seed (seed s draws the same prompts and
+    sampling keys for every method): for every seed, a's (steps to target, final value) is
+    lexicographically better than b's (`strict`) or no worse (not `strict`) — fewer steps, or
+    the same (also both never) and a better final value."""
+    sign = 1.0 if lower_is_better else -1.0
+    for sa, sb, fa, fb in zip(steps_a, steps_b, final_a, final_b, strict=True):
+        ka, kb = (float(sa), sign * float(fa)), (float(sb), sign * float(fb))
+        if not (ka < kb if strict else ka <= kb):
+            return False
+    return True
 
 
 def verdict(flags) -> str:
@@ -174,8 +178,7 @@ def _first(study, task, a="onpolicy_dpo"):
     for lr in study.rates:
         mine = study.runs(task, a, lr)
         others = {b: study.runs(task, b, lr) for b in study.config.algorithms if b != a}
-        flags.append(all(beats(mine[0], r[0], mine[1], r[1], lower) or
-                         np.median(mine[0]) == np.median(r[0]) < np.inf
+        flags.append(all(beats(mine[0], r[0], mine[1], r[1], lower, strict=False)
                          for r in others.values()))
         best = min(others, key=lambda b: np.median(others[b][0]))
         parts.append(f"lr {lr:g}: {_n(np.median(mine[0]))} steps, next {best} "

@@ -143,9 +143,14 @@ def test_steps_to_and_value_at_step():
     assert np.isnan(report.value_at_step(y, 20, 2)).all()
     assert report.median_iqr([24, 28]) == (26.0, 24.0, 28.0)
     assert report.median_iqr([4, np.inf, 8, np.inf]) == (np.inf, 4.0, np.inf)
-    assert report.beats([4, 6, np.inf], [8, 8, 8], [0, 0, 0], [0, 0, 0])
-    assert not report.beats([8, 8], [8, 8], [0, 0], [1, 1])  # equal steps: not beaten
-    assert report.beats([np.inf] * 2, [np.inf] * 2, [3, 3], [5, 5])  # neither: final decides
+    assert report.beats([4, 6, 7], [8, 8, 8], [9, 9, 9], [0, 0, 0])  # steps decide first
+    assert not report.beats([4, 6, np.inf], [8, 8, 8], [0, 0, 0], [0, 0, 0])  # every seed
+    assert report.beats([8, 8], [8, 8], [0, 0], [1, 1])  # equal steps: the final value decides
+    assert not report.beats([8, 8], [8, 8], [1, 1], [1, 1])  # equal: not beaten …
+    assert report.beats([8, 8], [8, 8], [1, 1], [1, 1], strict=False)  # … but no worse
+    assert report.beats([np.inf] * 2, [np.inf] * 2, [3, 3], [5, 5])  # neither reaches it
+    assert not report.beats([np.inf] * 2, [np.inf] * 2, [3, 6], [5, 5])
+    assert report.beats([np.inf], [np.inf], [5], [3], lower_is_better=False)
 
 
 def _constructed_study(speeds):
