@@ -121,6 +121,10 @@ class Study:
                 {s: value_at_step(y, s, spi) for s in self.early})
 
 
+def _mark(flag):
+    return " ✓" if flag else " ✗"
+
+
 def _n(v):
     return "never" if not np.isfinite(v) else f"{v:.0f}"
 
@@ -165,7 +169,7 @@ def _compare(study, task, a, b, what):
         flags.append(beats(ra[0], rb[0], ra[1], rb[1], lower))
         sa, sb = np.median(ra[0]), np.median(rb[0])
         ratio = f", ×{sb / sa:.1f}" if np.isfinite(sa) and np.isfinite(sb) and sa > 0 else ""
-        parts.append(f"lr {lr:g}: {_n(sa)} vs {_n(sb)} steps{ratio} (final "
+        parts.append(f"lr {lr:g}{_mark(flags[-1])}: {_n(sa)} vs {_n(sb)} steps{ratio} (final "
                      f"{np.median(ra[1]):.1f} vs {np.median(rb[1]):.1f})")
     return (f"{task}: {what}", verdict(flags), f"{a} vs {b}: " + "; ".join(parts))
 
@@ -181,7 +185,7 @@ def _first(study, task, a="onpolicy_dpo"):
         flags.append(all(beats(mine[0], r[0], mine[1], r[1], lower, strict=False)
                          for r in others.values()))
         best = min(others, key=lambda b: np.median(others[b][0]))
-        parts.append(f"lr {lr:g}: {_n(np.median(mine[0]))} steps, next {best} "
+        parts.append(f"lr {lr:g}{_mark(flags[-1])}: {_n(np.median(mine[0]))} steps, next {best} "
                      f"{_n(np.median(others[best][0]))}")
     return (f"{task}: on-policy DPO (on-policy + negative gradient) reaches the target no later "
             "than any other method", verdict(flags), "; ".join(parts))
@@ -259,7 +263,7 @@ def findings(study):
             rows.append(("mode: methods end about the same when the reward peak is on the "
                          "reference's mode (spread of final gold / |reference gold| < ½ of Min's)",
                          verdict([a < 0.5 * b for a, b in s]),
-                         "; ".join(f"lr {lr:g}: mode {a:.2f}, min {b:.2f}"
+                         "; ".join(f"lr {lr:g}{_mark(a < 0.5 * b)}: mode {a:.2f}, min {b:.2f}"
                                    for lr, (a, b) in zip(study.rates, s))))
         if "skew" in config.tasks and "ppo" in config.algorithms:
             rows.append(_overoptimisation(study))
