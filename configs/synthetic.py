@@ -29,7 +29,11 @@ Expected:  the paper: on Min and Skew Length on-policy DPO shortens responses fa
            the verdicts rest on final lengths. Proxy RMs order π_ref pairs at 0.988 (Min),
            0.981 (Mode), 0.815 (Skew, 1.000 on its own held-out data); the Skew RM's score
            rises with length above the cap (Spearman +0.97), yet PPO shortened responses at
-           every rate (no over-optimisation in 60 steps).
+           every rate (no over-optimisation in 60 steps). Verdicts (paired by seed, per rate):
+           on-policy beats offline DPO — Min held at 1 of 3 step sizes, Skew held; negative
+           gradient beats max-likelihood on-policy — Min held, Skew held at 1 of 3; offline DPO
+           beats Pref-FT — Min held, Skew held at 2 of 3; on-policy DPO first — did not hold
+           (PPO first on Min, at 3e-4); Mode: methods end alike — held at 2 of 3.
 
 Model sizes: the length tasks use `DecoderConfig.tiny` (2 layers, 48 dims) on a 32-token
 language; the token bandit uses the authors' 3-layer, 3-head, 48-dim GPT.
