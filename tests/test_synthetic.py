@@ -17,6 +17,8 @@ def built(tmp_path_factory):
     config.unlock()
     config.data.pref_prompts = 256
     config.data.rm_steps = 60
+    config.tasks = ("min", "skew")   # skew: capped at π_ref's median (the compiled RM is shared)
+    config.data.skew_cap = 0
     cache = str(tmp_path_factory.mktemp("cache"))
     cfg, ref_meta, task_map = study.build_tasks(config, cache, log=lambda *_: None)
     return config, cfg, ref_meta, task_map, cache
@@ -94,6 +96,15 @@ def test_proxy_rm_beats_chance_on_heldout_pairs(built):
     meta = task_map["min"][1]
     assert meta["heldout_pairs"] >= 10
     assert meta["rm_heldout_accuracy"] > 0.7, meta
+
+
+def test_built_skew_task_caps_at_reference_median_and_judges_rm_on_reference(built):
+    config, _, _, task_map, _ = built
+    meta = task_map["skew"][1]
+    assert meta["skew_cap"] == meta["ref_median_length"] >= 1
+    assert meta["rm_ref_pairs"] > 0 and 0 <= meta["rm_ref_accuracy"] <= 1
+    assert len(meta["rm_score_by_length"]) == 13 == len(meta["rm_count_by_length"])
+    assert sum(meta["rm_count_by_length"]) == 2 * config.data.rm_eval_prompts
 
 
 def test_build_is_cached(built):

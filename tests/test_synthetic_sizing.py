@@ -46,25 +46,6 @@ def test_skew_cap_is_reference_median_on_a_fixed_seed():
                                mask.reshape(500, 2, -1), skew_cap=0)
 
 
-@pytest.fixture(scope="module")
-def skew_built(tmp_path_factory):
-    config = synthetic_config.get_config("tiny")
-    config.unlock()
-    config.tasks = ("skew",)
-    config.data.skew_cap = 0
-    cache = str(tmp_path_factory.mktemp("cache"))
-    return study.build_tasks(config, cache, log=lambda *_: None)
-
-
-def test_built_skew_task_caps_at_reference_median_and_judges_rm_on_reference(skew_built):
-    _, _, built = skew_built
-    meta = built["skew"][1]
-    assert meta["skew_cap"] == meta["ref_median_length"] >= 1
-    assert meta["rm_ref_pairs"] > 0 and 0 <= meta["rm_ref_accuracy"] <= 1
-    assert len(meta["rm_score_by_length"]) == 13 == len(meta["rm_count_by_length"])
-    assert sum(meta["rm_count_by_length"]) == 2 * 64
-
-
 # ----------------------------------------------------------------------------- RM on π_ref
 
 
