@@ -2,25 +2,41 @@
 (PAPER.md §4 token variant, §5).
 
 Command:   python -m synthetic                                  (length study, runs/synthetic-*)
-           python -m synthetic --quick                          (same, small: < 2 min)
+           python -m synthetic --config configs/synthetic.py:reduced   (what was measured)
+           python -m synthetic --quick                          (1 seed × 20 iterations)
            python -m synthetic --config configs/synthetic.py:token_bandit
-Runtime:   default measured 1,082 s (18 min) on this 2-core CPU at load average ≈ 10 (other
-           jobs running), with the reference and RMs already cached; building them adds
-           ≈ 5 min at that load (cached in <run folder>/../synthetic-cache, keyed on the data
-           and model config). 6 compiled programs (one per algorithm, shared by the 3 tasks;
-           30–115 s each at that load). `quick` = 1 seed × 20 iterations.
+           --config.learning_rate=X runs one rate instead of the grid (traced: no recompile).
+Sizing:    responses up to 64 tokens (lengths 1…63 + EOS; 64 = no EOS), data mode 24, π_ref's
+           mean length 28.4 and median 28 (reference SFT on this data), so Min/Skew start far
+           above the target (length ≤ 0.1 · 28.4 = 2.8 tokens); Skew caps every preference
+           completion at π_ref's median (28), covering π_ref's lower half exactly. Each proxy
+           RM is also judged on 1,024 fresh gold-labelled π_ref pairs. The learning rate is a
+           swept axis, LEARNING_RATE_GRID for every method, rates × seeds vmapped in one
+           compiled program per algorithm; every verdict is judged at each rate.
+Runtime:   `reduced` (3 tasks × 6 algorithms × 3 rates × 2 seeds = 108 runs, 30 iterations of
+           4 prompts × 4 samples, T = 2: 60 gradient steps) measured 990 s wall (16.5 min) on
+           this shared 2-core CPU at load average 5.4–8.4 (1-min samples; other jobs running),
+           reference and RMs cached (building them took ≈ 12 min at load ≈ 8–13). The default
+           (3 seeds, 40 iterations of 8 prompts × 4 samples: 162 runs, 80 steps) is ≈ 3.4× the
+           run work and was NOT run (estimated ≈ 50 min at that load).
 Expected:  the paper: on Min and Skew Length on-policy DPO shortens responses fastest (≈ 0
-           tokens within ≈ 75 steps), offline DPO and max-likelihood methods lag; on Mode
-           Length all methods end close together. Measured (synthetic/results/report.md): on
-           Min every method but Pref-FT reaches ≈ 0 tokens in ≈ 30 steps (no separation at
-           this lr); Mode: methods end within 2.1 of each other (held); Skew: offline DPO ends
-           shortest (0.8 tokens), on-policy methods 2.8–3.7 with a large seed spread, and PPO
-           over-optimises the proxy RM (length grows to 43: the RM never saw long responses).
+           tokens within ≈ 75 steps, ≈ 2× faster than offline DPO), max-likelihood methods
+           lag; on Mode Length all methods end close together. Measured (`reduced`, medians
+           over 2 seeds; runs/synthetic-reduced/report.md, not committed): only lr 3e-4 reaches
+           the target within 60 steps — Min: PPO 24, on-policy DPO 26, offline DPO 27,
+           RWR 30, BoN 29 steps, Pref-FT never (≈ 21 tokens): no 2× gap (×1.0); Skew:
+           on-policy DPO 27 vs offline DPO 34 (×1.3); at 3e-5/1e-4 no method reaches it and
+           the verdicts rest on final lengths. Proxy RMs order π_ref pairs at 0.988 (Min),
+           0.981 (Mode), 0.815 (Skew, 1.000 on its own held-out data); the Skew RM's score
+           rises with length above the cap (Spearman +0.97), yet PPO shortened responses at
+           every rate (no over-optimisation in 60 steps). Verdicts (paired by seed, per rate):
+           on-policy beats offline DPO — Min held at 1 of 3 step sizes, Skew held; negative
+           gradient beats max-likelihood on-policy — Min held, Skew held at 1 of 3; offline DPO
+           beats Pref-FT — Min held, Skew held at 2 of 3; on-policy DPO first — did not hold
+           (PPO first on Min, at 3e-4); Mode: methods end alike — held at 2 of 3.
 
 Model sizes: the length tasks use `DecoderConfig.tiny` (2 layers, 48 dims) on a 32-token
-language with responses of at most 47 tokens + EOS, mode 16 (smaller than the issue's example
-range 1–64 / mode 24 so the study fits its CPU budget); the token bandit uses the authors'
-3-layer, 3-head, 48-dim GPT.
+language; the token bandit uses the authors' 3-layer, 3-head, 48-dim GPT.
 """
 
 import ml_collections
@@ -30,17 +46,19 @@ from modeseek.taxonomy import DEFAULT_HPARAMS
 CORE = ("onpolicy_dpo", "offline_dpo", "ppo", "onpolicy_rwr", "pref_ft", "onpolicy_bofn")
 ALL = CORE + ("onpolicy_ipo", "offline_ipo", "reinforce", "rloo")
 
-# One step size for every method (not tuned per method): at 3e-4 every method except Pref-FT
-# reached length 0 on Min Length within ~25 steps, hiding the differences in speed.
-LEARNING_RATES = {name: 1e-4 for name in ALL}
+# The learning rate is a swept axis, the same grid for every method (not tuned per method):
+# every verdict is judged at each rate of the grid ("held at N of M step sizes").
+LEARNING_RATE_GRID = (3e-5, 1e-4, 3e-4)
 
 
 def _length_data():
     return ml_collections.ConfigDict(dict(
-        vocab_size=32, prompt_len=4, max_new_tokens=48, mode=16.0,
+        vocab_size=32, prompt_len=4, max_new_tokens=64, mode=24.0,
         sft_examples=8192, sft_steps=300, sft_batch=64, sft_lr=3e-3,
-        pref_prompts=2048, heldout_fraction=0.1, skew_cap=12, offline_pairs_max=1024,
-        rm_steps=200, rm_batch=64, rm_lr=1e-3, pool_prompts=1024))
+        # skew_cap 0: cap Skew's completions at π_ref's median length (measured on the samples)
+        pref_prompts=2048, heldout_fraction=0.1, skew_cap=0, offline_pairs_max=1024,
+        rm_steps=200, rm_batch=64, rm_lr=1e-3, pool_prompts=1024,
+        rm_eval_prompts=1024))  # fresh π_ref pairs, gold-labelled: the proxy RM's accuracy
 
 
 def _token_data():
@@ -48,11 +66,11 @@ def _token_data():
         vocab_size=100, prompt_len=1, max_new_tokens=9, mode=0.0,
         sft_examples=8192, sft_steps=300, sft_batch=64, sft_lr=3e-3,
         pref_prompts=1024, heldout_fraction=0.1, skew_cap=0, offline_pairs_max=1024,
-        rm_steps=0, rm_batch=0, rm_lr=0.0, pool_prompts=100))
+        rm_steps=0, rm_batch=0, rm_lr=0.0, pool_prompts=100, rm_eval_prompts=0))
 
 
 def get_config(arg: str = ""):
-    """arg: "" (length study), "quick", "token_bandit", "token_quick" or "tiny" (tests)."""
+    """arg: "" (length study), "quick", "reduced", "token_bandit", "token_quick" or "tiny"."""
     c = ml_collections.ConfigDict()
     c.study = "length"
     c.tasks = ("min", "mode", "skew")
@@ -66,8 +84,10 @@ def get_config(arg: str = ""):
     c.minibatch_prompts = 8          # M (one minibatch per pass: T gradient steps/iteration)
     c.reuse = 2                      # T
     c.offline_pairs = 16             # pairs per offline step (= B/C·C/2 sequences' worth)
-    c.learning_rates = ml_collections.ConfigDict(LEARNING_RATES)
-    c.learning_rate = 0.0            # > 0: this rate for every algorithm (traced: no recompile)
+    c.learning_rate_grid = LEARNING_RATE_GRID  # swept for every algorithm in one program
+    c.learning_rate = 0.0            # > 0: this one rate instead of the grid (traced)
+    c.target_fraction = 0.1          # Min/Skew: "short" = length ≤ this × π_ref's mean length
+    c.early_steps = (10, 20, 40)     # gradient steps at which curves are compared
     # loss hyperparameters: the taxonomy's defaults (their one home), overridable here
     c.hparams = ml_collections.ConfigDict(dict(DEFAULT_HPARAMS))
     c.overrides = ml_collections.ConfigDict({})
@@ -79,14 +99,19 @@ def get_config(arg: str = ""):
         c.tasks = ("R1", "R2")
         c.data = _token_data()
         c.model.num_layers = 3
-        for name in ALL:  # at 1e-4, 40 steps barely move the 9-token reward (token_quick run)
-            c.learning_rates[name] = 1e-3
+        # at 1e-4, 40 steps barely move the 9-token reward (token_quick run)
+        c.learning_rate_grid = (1e-3,)
         c.iterations = 60
         if arg == "token_quick":
             c.seeds, c.iterations = 1, 20
     elif arg == "quick":
         c.seeds = 1
         c.iterations = 20
+    elif arg == "reduced":  # the default's tasks, data and grid on a loaded CPU: see above
+        c.seeds = 2
+        c.iterations = 30
+        c.prompts_per_iteration = c.minibatch_prompts = 4
+        c.offline_pairs = 8
     elif arg == "tiny":  # tests: every code path in seconds
         c.tasks = ("min",)
         c.seeds = 1
@@ -108,8 +133,9 @@ def get_config(arg: str = ""):
         c.data.rm_steps = 30
         c.data.rm_batch = 16
         c.data.pool_prompts = 16
+        c.data.rm_eval_prompts = 64
     elif arg:
         raise ValueError(f"unknown configs/synthetic.py argument {arg!r}; use '', 'quick', "
-                         "'token_bandit', 'token_quick' or 'tiny'")
+                         "'reduced', 'token_bandit', 'token_quick' or 'tiny'")
     c.lock()
     return c

@@ -34,8 +34,8 @@ def main(argv):
         f.write(config.to_json_best_effort(indent=2))
     cache = os.path.join(os.path.dirname(os.path.abspath(out)), "synthetic-cache")
     records, curves, info = study.run_study(config, cache, show_progress=sys.stderr.isatty())
-    study.save(out, records, curves, info)
-    names = plots.write_plots(config, records, curves, out)
+    report.save(out, records, curves, info)
+    names = plots.write_plots(config, records, curves, info, out)
     rows = report.write_report(os.path.join(out, "report.md"), config, records, curves, info,
                                names)
     print(f"{len(records)} runs in {info['total_seconds']:.1f} s -> {out}")

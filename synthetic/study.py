@@ -11,8 +11,6 @@ and process — `compiled` — and reused for every task and every value), retur
 from __future__ import annotations
 
 import functools
-import json
-import os
 import time
 
 import jax
@@ -23,6 +21,7 @@ import tqdm
 import modeseek
 from modeseek.sampler import sample
 from synthetic import models, tasks
+from synthetic.report import curve_key
 from synthetic.train import SUPPORTED, Setup, TaskData, hparams_of, make_train
 
 TOKEN_TASKS = {"R1": 70.0, "R2": 20.0}
@@ -42,9 +41,13 @@ def validate(config):
         if name not in SUPPORTED:
             raise ValueError(f"config.algorithms: {name} is not supported here; supported: "
                              f"{', '.join(SUPPORTED)}")
-        if not learning_rate_of(config, name) > 0:
-            raise ValueError(f"config.learning_rates.{name} must be > 0")
         hparams_for(config, name)  # unknown names and out-of-range values raise
+    rates = learning_rates_of(config)
+    if not rates or not all(r > 0 for r in rates):
+        raise ValueError(f"config.learning_rate_grid must be rates > 0, got {tuple(rates)}")
+    if not 0 < config.target_fraction < 1:
+        raise ValueError(f"config.target_fraction must lie in (0, 1), got "
+                         f"{config.target_fraction}")
     for name in ("seeds", "iterations", "iterations_per_chunk", "prompts_per_iteration",
                  "samples_per_prompt", "minibatch_prompts", "reuse", "offline_pairs"):
         if not int(config[name]) >= 1:
@@ -60,6 +63,9 @@ def validate(config):
     d = config.data
     if config.study == "length" and not 1 < d.mode < d.max_new_tokens - 1:
         raise ValueError(f"config.data.mode must lie inside (1, max_new_tokens − 1), got {d.mode}")
+    if config.study == "length" and not 0 <= d.skew_cap < d.max_new_tokens:
+        raise ValueError(f"config.data.skew_cap must be 0 (π_ref's median) or a length below "
+                         f"max_new_tokens, got {d.skew_cap}")
 
 
 def _sample_reference(key, ref, cfg, prompts, max_new_tokens, eos_id, per_call=256):
@@ -137,8 +143,11 @@ def _length_task(config, cfg, ref, ref_key, task, cache_dir, log):
         prompts = tasks.language_prompts(rng, d.pref_prompts, d.vocab_size, d.prompt_len)
         resp, mask = _sample_reference(jax.random.key(config.data_seed + 1), ref, cfg, prompts,
                                        d.max_new_tokens, tasks.EOS)
+        ref_lengths = tasks.response_lengths(resp.reshape(-1, resp.shape[-1]),
+                                             mask.reshape(-1, mask.shape[-1]))
+        cap = d.skew_cap or tasks.median_length(ref_lengths)
         pairs = tasks.preference_pairs(np.random.default_rng(config.data_seed + 2), task,
-                                       prompts, resp, mask, skew_cap=d.skew_cap)
+                                       prompts, resp, mask, skew_cap=cap)
         n = len(pairs["prompts"])
         n_eval = max(int(n * d.heldout_fraction), 1)
         seqs = [_full(pairs["prompts"], pairs[a], pairs[a + "_mask"])
@@ -149,12 +158,13 @@ def _length_task(config, cfg, ref, ref_key, task, cache_dir, log):
             steps=d.rm_steps, batch=d.rm_batch, learning_rate=d.rm_lr)
         meta = dict(
             task=task, mode=int(pairs["mode"]), pairs=n, heldout_pairs=n_eval,
+            skew_cap=int(cap) if task == "skew" else None,
             dropped_ties=pairs["dropped_ties"],
             rm_heldout_accuracy=models.preference_accuracy(rm, cfg, [x[:n_eval] for x in flat]),
             rm_train_accuracy=models.preference_accuracy(rm, cfg, [x[n_eval:] for x in flat]),
             rm_loss_first=float(rm_losses[:10].mean()), rm_loss_last=float(rm_losses[-10:].mean()),
-            ref_mean_length=float(tasks.response_lengths(
-                resp.reshape(-1, resp.shape[-1]), mask.reshape(-1, mask.shape[-1])).mean()),
+            ref_mean_length=float(ref_lengths.mean()),
+            ref_median_length=tasks.median_length(ref_lengths),
             data_mean_length=float(np.mean(np.concatenate(
                 [pairs["chosen_length"], pairs["rejected_length"]]))))
         offline = _fixed_size({k: pairs[k][n_eval:] for k in _OFFLINE}, d.offline_pairs_max)
@@ -193,21 +203,66 @@ def _token_task(config, cfg, ref, task):
     return data, meta
 
 
+def reference_pairs(config, cfg, ref):
+    """Fresh gold-labellable π_ref pairs (not the preference data): (full sequences [K, 2, S],
+    attention masks [K, 2, S], response lengths [K, 2])."""
+    d = config.data
+    rng = np.random.default_rng(config.data_seed + 5)
+    prompts = tasks.language_prompts(rng, d.rm_eval_prompts, d.vocab_size, d.prompt_len)
+    resp, mask = _sample_reference(jax.random.key(config.data_seed + 5), ref, cfg, prompts,
+                                   d.max_new_tokens, tasks.EOS)
+    lengths = tasks.response_lengths(resp, mask)
+    k, t = len(prompts), resp.shape[-1]
+    seqs, attn = _full(np.repeat(prompts, 2, 0), resp.reshape(2 * k, t), mask.reshape(2 * k, t))
+    return seqs.reshape(k, 2, -1), attn.reshape(k, 2, -1), lengths
+
+
+def rm_on_reference(cfg, rm, pairs, task, mode, max_new_tokens, batch=256):
+    """The proxy RM judged on π_ref pairs labelled by the task's gold reward: accuracy
+    (`tasks.pair_accuracy`), mean score per response length and whether it falls with length."""
+    seqs, attn, lengths = pairs
+    scores = []
+    for i in range(0, len(seqs), batch):
+        s = models.score_pairs(rm, *(jnp.asarray(x[i:i + batch, j]) for j in (0, 1)
+                                     for x in (seqs, attn)), config=cfg)
+        scores.append(np.stack([np.asarray(v) for v in s], 1))
+    scores = np.concatenate(scores)
+    acc, n = tasks.pair_accuracy(scores, tasks.gold_reward(lengths, task, mode))
+    mean, count = tasks.score_by_length(lengths, scores, max_new_tokens)
+    mono, rises, bins = tasks.monotone_decreasing(mean, count)
+    seen = count >= 5
+    return dict(rm_ref_accuracy=acc, rm_ref_pairs=n, rm_ref_monotone=mono, rm_ref_rises=rises,
+                rm_ref_bins=bins, rm_ref_argmax_length=int(np.nanargmax(np.where(seen, mean,
+                                                                                 np.nan))),
+                rm_score_by_length=[None if not np.isfinite(v) else round(float(v), 4)
+                                    for v in mean],
+                rm_count_by_length=[int(c) for c in count])
+
+
 def build_tasks(config, cache_dir, log=print):
-    """(model config, reference meta, {task: (TaskData, meta)}); trained pieces are cached."""
+    """(model config, reference meta, {task: (TaskData, meta)}); trained pieces are cached, the
+    proxy RMs' checks on fresh π_ref pairs (`rm_on_reference`) are recomputed each time."""
     cfg, ref, ref_meta = _reference(config, cache_dir, log)
     if config.study == "length":
         built = {t: _length_task(config, cfg, ref, ref_meta["key"], t, cache_dir, log)
                  for t in config.tasks}
+        pairs = reference_pairs(config, cfg, ref)
+        for t, (data, meta) in built.items():
+            meta.update(rm_on_reference(cfg, data.rm_params, pairs, t, meta["mode"],
+                                        config.data.max_new_tokens))
+            log(f"{t}: proxy RM accuracy on {meta['rm_ref_pairs']} gold-labelled π_ref pairs "
+                f"{meta['rm_ref_accuracy']:.3f}; score falls with length: "
+                f"{meta['rm_ref_monotone']}")
     else:
         built = {t: _token_task(config, cfg, ref, t) for t in config.tasks}
     return cfg, ref_meta, built
 
 
-def learning_rate_of(config, algorithm) -> float:
-    """config.learning_rate when > 0 (one rate for every algorithm), else the table's."""
-    return config.learning_rate if config.learning_rate > 0 else config.learning_rates.get(
-        algorithm, 0.0)
+def learning_rates_of(config) -> tuple:
+    """The swept rates: (config.learning_rate,) when > 0, else config.learning_rate_grid."""
+    if config.learning_rate > 0:
+        return (float(config.learning_rate),)
+    return tuple(float(r) for r in config.learning_rate_grid)
 
 
 def hparams_for(config, algorithm) -> dict:
@@ -269,84 +324,45 @@ def run_algorithm(setup: Setup, task_data: dict, *, seeds: int, iterations: int,
 
 
 def run_study(config, cache_dir, *, show_progress=True, log=print):
-    """Returns (records, curves {"task/algorithm": {metric: [seeds, I]}}, info)."""
+    """Returns (records, curves {"task/algorithm/lr": {metric: [seeds, I]}}, info): every
+    algorithm × task × learning rate × seed, rates and seeds vmapped in one program."""
     validate(config)
     t0 = time.perf_counter()
     cfg, ref_meta, built = build_tasks(config, cache_dir, log)
+    rates = learning_rates_of(config)
     info = dict(reference=ref_meta, tasks={t: m for t, (_, m) in built.items()},
-                build_seconds=time.perf_counter() - t0, timings={})
+                build_seconds=time.perf_counter() - t0, timings={}, learning_rates=rates)
     task_data = {t: d for t, (d, _) in built.items()}
     records, curves = [], {}
     total = len(config.algorithms) * len(task_data) * config.iterations
+    seeds = config.seeds
     with tqdm.tqdm(total=total, desc="synthetic iterations", unit="it",
                    disable=not show_progress) as bar:
         for algorithm in config.algorithms:
             setup = make_setup(config, cfg, algorithm)
-            learning_rate = learning_rate_of(config, algorithm)
-            result, timing = run_algorithm(setup, task_data, seeds=config.seeds,
-                                           iterations=config.iterations,
-                                           learning_rates=(learning_rate,),
+            result, timing = run_algorithm(setup, task_data, seeds=seeds,
+                                           iterations=config.iterations, learning_rates=rates,
                                            hparams=hparams_for(config, algorithm), bar=bar)
             info["timings"][algorithm] = timing
             if not show_progress:
                 log(f"{algorithm}: compile {timing['compile_s']:.0f} s, run "
                     f"{timing['run_s']:.0f} s")
             alg = modeseek.get_algorithm(algorithm)
-            for task, m in result.items():
-                curves[f"{task}/{algorithm}"] = m
-                tail = max(config.iterations // 10, 1)
-                for seed in range(config.seeds):
-                    records.append(dict(
-                        task=task, algorithm=algorithm, seed=seed, on_policy=alg.on_policy,
-                        negative_gradient=alg.negative_gradient, reuse=setup.reuse,
-                        steps_per_iteration=setup.steps_per_iteration,
-                        learning_rate=learning_rate,
-                        initial_gold=float(m["gold"][seed, 0]),
-                        final_gold=float(m["gold"][seed, -tail:].mean()),
-                        final_length=float(m["length"][seed, -tail:].mean()),
-                        final_mode_distance=float(m["mode_distance"][seed, -tail:].mean()),
-                        final_kl_ref=float(m["kl_ref"][seed, -tail:].mean()),
-                        finite=bool(all(np.isfinite(v[seed]).all() for v in m.values()))))
+            tail = max(config.iterations // 10, 1)
+            for task, m_all in result.items():
+                for i, lr in enumerate(rates):
+                    m = {k: v[i * seeds:(i + 1) * seeds] for k, v in m_all.items()}
+                    curves[curve_key(task, algorithm, lr)] = m
+                    for seed in range(seeds):
+                        records.append(dict(
+                            task=task, algorithm=algorithm, seed=seed, learning_rate=lr,
+                            on_policy=alg.on_policy, negative_gradient=alg.negative_gradient,
+                            reuse=setup.reuse, steps_per_iteration=setup.steps_per_iteration,
+                            initial_gold=float(m["gold"][seed, 0]),
+                            final_gold=float(m["gold"][seed, -tail:].mean()),
+                            final_length=float(m["length"][seed, -tail:].mean()),
+                            final_mode_distance=float(m["mode_distance"][seed, -tail:].mean()),
+                            final_kl_ref=float(m["kl_ref"][seed, -tail:].mean()),
+                            finite=bool(all(np.isfinite(v[seed]).all() for v in m.values()))))
     info["total_seconds"] = time.perf_counter() - t0
     return records, curves, info
-
-
-def save(out, records, curves, info):
-    """results.json (records + info) and metrics.jsonl (one line per task/algorithm/seed/
-    iteration with every metric)."""
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"runs": records, "info": info}, f, indent=1, default=str)
-    with open(os.path.join(out, "metrics.jsonl"), "w") as f:
-        for name, m in curves.items():
-            task, algorithm = name.split("/")
-            seeds, iters = next(iter(m.values())).shape
-            for s in range(seeds):
-                for i in range(iters):
-                    row = {k: round(float(v[s, i]), 5) for k, v in m.items()}
-                    f.write(json.dumps(dict(task=task, algorithm=algorithm, seed=s,
-                                            iteration=i, **row)) + "\n")
-
-
-def load(out):
-    """Inverse of `save`: (records, curves, info) from a run folder (to re-render a report)."""
-    with open(os.path.join(out, "results.json")) as f:
-        results = json.load(f)
-    rows = {}
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        for line in f:
-            r = json.loads(line)
-            key = f"{r.pop('task')}/{r.pop('algorithm')}"
-            seed, it = r.pop("seed"), r.pop("iteration")
-            for k, v in r.items():
-                rows.setdefault(key, {}).setdefault(k, {})[(seed, it)] = v
-    curves = {}
-    for key, metrics in rows.items():
-        curves[key] = {}
-        for k, cells in metrics.items():
-            seeds = 1 + max(s for s, _ in cells)
-            iters = 1 + max(i for _, i in cells)
-            arr = np.zeros((seeds, iters), np.float32)
-            for (s, i), v in cells.items():
-                arr[s, i] = v
-            curves[key][k] = arr
-    return results["runs"], curves, results["info"]

@@ -21,8 +21,14 @@ without EOS in T slots has length T. Gold rewards: Min/Skew −length, Mode −|
 Preference sets (2 reference samples per prompt, ties dropped and counted):
   min   the shorter response is preferred;
   mode  the one closer to the data's mode (argmax of the length histogram smoothed over ±2);
-  skew  as min, after truncating every completion to min(L, U), U ~ Uniform{1…skew_cap}, EOS
-        re-appended: the data is skewed short and does not cover π_ref's lengths.
+  skew  as min, after truncating every completion to min(L, cap), EOS re-appended, with cap =
+        π_ref's median length (`median_length` of the reference samples): the data covers the
+        lower half of π_ref's lengths exactly and never shows a response longer than the cap.
+
+Proxy-RM checks on π_ref (the coverage condition is about π_ref, not the preference data):
+  `pair_accuracy(scores [K, 2], gold [K, 2])` = over pairs with gold_0 ≠ gold_1, the fraction
+  whose score order agrees with the gold order (score ties count ½); `score_by_length` bins RM
+  scores by response length, `monotone_decreasing` says whether those bin means fall with length.
 """
 
 from __future__ import annotations
@@ -148,9 +154,50 @@ def truncate(responses: np.ndarray, mask: np.ndarray, new_lengths: np.ndarray, e
     return out, (t <= keep[:, None]).astype(np.int32)
 
 
+def median_length(lengths) -> int:
+    """π_ref's median response length (the lower median for an even count): the Skew cap."""
+    lengths = np.sort(np.asarray(lengths).reshape(-1))
+    if lengths.size == 0:
+        raise ValueError("median_length: no lengths given")
+    return int(lengths[(lengths.size - 1) // 2])
+
+
+def pair_accuracy(scores_Kx2, gold_Kx2) -> tuple[float, int]:
+    """(accuracy, pairs judged): over pairs whose gold differs, the fraction where the score
+    prefers the gold-preferred response; a score tie counts ½."""
+    s, g = np.asarray(scores_Kx2, np.float64), np.asarray(gold_Kx2, np.float64)
+    if s.shape != g.shape or s.ndim != 2 or s.shape[1] != 2:
+        raise ValueError(f"pair_accuracy: scores {s.shape} and gold {g.shape} must both be [K, 2]")
+    keep = g[:, 0] != g[:, 1]
+    ds, dg = (s[:, 0] - s[:, 1])[keep], (g[:, 0] - g[:, 1])[keep]
+    if ds.size == 0:
+        return float("nan"), 0
+    hits = np.sum(np.sign(ds) == np.sign(dg)) + 0.5 * np.sum(ds == 0)
+    return float(hits / ds.size), int(ds.size)
+
+
+def score_by_length(lengths, scores, max_length: int):
+    """(mean score [max_length + 1], count [max_length + 1]) per response length 0…max_length;
+    lengths with no sample have mean NaN."""
+    lengths, scores = np.asarray(lengths).reshape(-1), np.asarray(scores, np.float64).reshape(-1)
+    count = np.bincount(lengths, minlength=max_length + 1)[:max_length + 1]
+    total = np.bincount(lengths, weights=scores, minlength=max_length + 1)[:max_length + 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan), count
+
+
+def monotone_decreasing(mean_by_length, count, min_count: int = 5):
+    """(is monotone, rises, bins): over lengths with ≥ min_count samples, in order, whether each
+    bin's mean score is ≤ the previous one's; `rises` lists the lengths where it went up."""
+    keep = np.nonzero(np.asarray(count) >= min_count)[0]
+    m = np.asarray(mean_by_length)[keep]
+    rises = [int(keep[i + 1]) for i in range(len(keep) - 1) if m[i + 1] > m[i]]
+    return not rises, rises, len(keep)
+
+
 def preference_pairs(rng: np.random.Generator, task: str, prompts: np.ndarray,
                      responses_Kx2xT: np.ndarray, mask_Kx2xT: np.ndarray, *, skew_cap: int = 12):
-    """Label 2 samples per prompt for a length task.
+    """Label 2 samples per prompt for a length task (`skew_cap`: the Skew truncation length).
 
     Returns a dict of numpy arrays: prompts [Q, P], chosen/rejected [Q, T] and their masks,
     the chosen/rejected lengths, `mode` (the data's mode length) and `dropped_ties`.
@@ -160,7 +207,9 @@ def preference_pairs(rng: np.random.Generator, task: str, prompts: np.ndarray,
     k, _, t = responses_Kx2xT.shape
     resp, mask = responses_Kx2xT.reshape(2 * k, t), mask_Kx2xT.reshape(2 * k, t)
     if task == "skew":
-        resp, mask = truncate(resp, mask, rng.integers(1, skew_cap + 1, 2 * k))
+        if skew_cap < 1:
+            raise ValueError(f"skew_cap must be >= 1, got {skew_cap}")
+        resp, mask = truncate(resp, mask, np.full(2 * k, skew_cap))
     lengths = response_lengths(resp, mask)
     mode = data_mode(lengths)
     gold = gold_reward(lengths, task, mode).reshape(k, 2)

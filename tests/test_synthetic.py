@@ -17,6 +17,8 @@ def built(tmp_path_factory):
     config.unlock()
     config.data.pref_prompts = 256
     config.data.rm_steps = 60
+    config.tasks = ("min", "skew")   # skew: capped at π_ref's median (the compiled RM is shared)
+    config.data.skew_cap = 0
     cache = str(tmp_path_factory.mktemp("cache"))
     cfg, ref_meta, task_map = study.build_tasks(config, cache, log=lambda *_: None)
     return config, cfg, ref_meta, task_map, cache
@@ -96,12 +98,24 @@ def test_proxy_rm_beats_chance_on_heldout_pairs(built):
     assert meta["rm_heldout_accuracy"] > 0.7, meta
 
 
+def test_built_skew_task_caps_at_reference_median_and_judges_rm_on_reference(built):
+    config, _, _, task_map, _ = built
+    meta = task_map["skew"][1]
+    assert meta["skew_cap"] == meta["ref_median_length"] >= 1
+    assert meta["rm_ref_pairs"] > 0 and 0 <= meta["rm_ref_accuracy"] <= 1
+    assert len(meta["rm_score_by_length"]) == 13 == len(meta["rm_count_by_length"])
+    assert sum(meta["rm_count_by_length"]) == 2 * config.data.rm_eval_prompts
+
+
 def test_build_is_cached(built):
     config, _, ref_meta, task_map, cache = built
     logs = []
     _, ref2, map2 = study.build_tasks(config, cache, log=logs.append)
-    assert all("cached" in line for line in logs) and len(logs) == 1 + len(config.tasks)
+    trained = [line for line in logs if "proxy RM accuracy" not in line]
+    assert all("cached" in line for line in trained) and len(trained) == 1 + len(config.tasks)
     assert map2["min"][1]["rm_heldout_accuracy"] == task_map["min"][1]["rm_heldout_accuracy"]
+    # the π_ref checks are recomputed from the same fresh pairs: the same numbers
+    assert map2["min"][1]["rm_ref_accuracy"] == task_map["min"][1]["rm_ref_accuracy"]
 
 
 # ----------------------------------------------------------------------------- training
@@ -116,7 +130,7 @@ def _setup(config, cfg, algorithm, **changes):
 
 
 def _run(config, setup, data, *, iterations, learning_rates=None, seeds=1):
-    rates = learning_rates or (study.learning_rate_of(config, setup.algorithm),)
+    rates = learning_rates or study.learning_rates_of(config)[:1]
     return study.run_algorithm(setup, {"min": data}, seeds=seeds, iterations=iterations,
                                learning_rates=rates,
                                hparams=study.hparams_for(config, setup.algorithm))
@@ -174,7 +188,7 @@ def test_cli_learning_rate_override_is_traced(tmp_path):
     config.unlock()
     config.learning_rate = 2e-3
     study.validate(config)
-    assert study.learning_rate_of(config, "pref_ft") == 2e-3
+    assert study.learning_rates_of(config) == (2e-3,)
     assert "learning_rate" not in {f.name for f in dataclasses.fields(study.Setup)}
     config.hparams.betta = 1.0
     with pytest.raises(ValueError, match="did you mean 'beta'"):
@@ -202,8 +216,8 @@ def test_bad_config_fails_before_compilation(field, value, message):
 def test_bad_learning_rate_and_beta_are_named():
     config = synthetic_config.get_config("tiny")
     config.unlock()
-    config.learning_rates.pref_ft = 0.0
-    with pytest.raises(ValueError, match="learning_rates.pref_ft"):
+    config.learning_rate_grid = (1e-4, 0.0)
+    with pytest.raises(ValueError, match="learning_rate_grid"):
         study.validate(config)
     config = synthetic_config.get_config("tiny")
     config.unlock()
