@@ -215,14 +215,17 @@ def make_train(setup: BanditSetup):
             prompts = draw_prompts(k_prompts, idx)
             # π_old(·|prompts): the policy when this round's batch was drawn.
             logp = jnp.broadcast_to(ref_logp, (M, ref_logp.shape[0]))
+            # lax.cond, not jnp.where: when the algorithm (hence on_policy) is the same for a
+            # whole vmapped chunk (bandits.study.Runner), offline chunks skip the π_old forward.
             if any_on_policy and setup.stale_batches:  # keep π_old's parameters
                 behaviour = jax.tree.map(lambda p, o: jnp.where(fresh, p, o), state.params,
                                          behaviour)
-                logp = jnp.where(on_policy, jax.nn.log_softmax(
-                    policy.logits(behaviour, prompts), -1), logp)
+                logp = jax.lax.cond(on_policy, lambda: jax.nn.log_softmax(
+                    policy.logits(behaviour, prompts), -1), lambda: logp)
             elif any_on_policy:  # B = M: the same prompts all round; keep π_old's log-probs
-                behaviour = jnp.where(fresh, jax.nn.log_softmax(
-                    policy.logits(state.params, prompts), -1), behaviour)
+                behaviour = jax.lax.cond(on_policy, lambda: jnp.where(
+                    fresh, jax.nn.log_softmax(policy.logits(state.params, prompts), -1),
+                    behaviour), lambda: behaviour)
                 logp = jnp.where(on_policy, behaviour, logp)
             minibatch = draw_samples(k_actions, idx, prompts, logp, rewards_A)
             state, step_metrics = train_step(state, minibatch, None)
