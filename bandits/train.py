@@ -11,8 +11,9 @@ and offline alike — as ONE compiled program. The algorithm is a traced index i
 vmapped call, as bandits.study.Runner does): a batched index makes vmap compute every objective
 and select, which cost ≈ 40% of a run-step with 13 objectives. Each step runs the policy's
 forward pass on its minibatch once (`jax.vjp`): its logits give the loss, π_old's log-probs at
-a round's start, and the pullback the gradient; Adam is `modeseek.optim.fused_adam`. The SFT initialisation depends only on the seed, so it is computed once per
-seed and shared by every run of that seed (all methods start from the same policy).
+a round's start, and the pullback the gradient; Adam is `modeseek.optim.fused_adam`.
+The SFT initialisation depends only on the seed, so it is computed once per seed and shared
+by every run of that seed (all methods start from the same policy).
 
 Algorithm 1 of Tajwar et al. as a flat loop over gradient steps s = 0 … S−1, for a run with
 batch B prompts (a multiple of the minibatch M) and reuse T:
