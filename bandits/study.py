@@ -246,7 +246,14 @@ class Runner:
         self.mesh = _mesh(devices)
         self.chunk_size = chunk_size * self.mesh.devices.size
         self.sharding = NamedSharding(self.mesh, PartitionSpec("runs"))
-        self._train = jax.jit(jax.vmap(make_train(setup)))
+        # The algorithm index is one scalar per call, not a run axis: vmapping a traced
+        # per-run index would turn the objective's `lax.switch` into every branch computed
+        # and selected, so `run` groups the runs by algorithm, one algorithm per chunk.
+        train = make_train(setup)
+        self._train = jax.jit(jax.vmap(
+            lambda key, params, rewards, knobs, algorithm: train(
+                key, params, rewards, knobs | {"algorithm": algorithm}),
+            in_axes=(0, 0, 0, 0, None)))
         self._compiled = None
         self.timings = dict(compile_s=0.0, run_s=0.0, sft_s=0.0, run_steps=0)
 
@@ -261,19 +268,24 @@ class Runner:
         knobs = {name: np.array([r["hparams"][name] for r in runs], np.float32)
                  for name in runs[0]["hparams"]}
         knobs["learning_rate"] = np.array([r["learning_rate"] for r in runs], np.float32)
-        knobs["algorithm"] = np.array([index[r["algorithm"]] for r in runs], np.int32)
+        (algorithm,) = {index[r["algorithm"]] for r in runs}
         knobs["reuse"] = np.array([r["reuse"] for r in runs], np.int32)
         knobs["prompts_per_batch"] = np.array([r["prompts_per_batch"] for r in runs], np.int32)
         seed_list = [r["seed"] for r in runs]
         keys = jax.vmap(jax.random.key)(jnp.asarray(seed_list))
         rewards = np.stack([env.reward_table(r["reward"]) for r in runs]).astype(np.float32)
-        args = (keys, self._initial_params(seed_list), rewards, knobs)
-        return jax.device_put(args, self.sharding)
+        args = jax.device_put((keys, self._initial_params(seed_list), rewards, knobs),
+                              self.sharding)
+        return (*args, jax.device_put(np.int32(algorithm),
+                                      NamedSharding(self.mesh, PartitionSpec())))
 
     def run(self, runs, progress=None):
         """Curves {name: [R, K]} and all outputs {name: [R, ...]} of `runs`, in order."""
         m = self.setup.minibatch_prompts
         for r in runs:
+            if r["algorithm"] not in self.setup.algorithms:
+                raise ValueError(f"run {r['algorithm']}: not one of this program's algorithms "
+                                 f"{self.setup.algorithms}")
             b = r["prompts_per_batch"]
             if b > self.setup.max_prompts_per_batch or b % m:
                 raise ValueError(f"run {r['algorithm']}: prompts_per_batch {b} must be a "
@@ -283,21 +295,29 @@ class Runner:
                                  "setup with stale_batches=True")
         self._initial_params(sorted({r["seed"] for r in runs}))  # every seed's SFT at once
         size = self.chunk_size
-        padded = runs + [runs[-1]] * (-len(runs) % size)
+        chunks, order = [], []  # (runs, how many are real): one algorithm, padded with its last
+        for name in self.setup.algorithms:
+            group = [r for r in runs if r["algorithm"] == name]
+            order += [i for i, r in enumerate(runs) if r["algorithm"] == name]
+            for c in range(0, len(group), size):
+                part = group[c:c + size]
+                chunks.append((part + part[-1:] * (size - len(part)), len(part)))
         outputs = []
-        for c in range(len(padded) // size):
-            args = self._args(padded[c * size:(c + 1) * size])
+        for chunk, real in chunks:
+            args = self._args(chunk)
             if self._compiled is None:
                 t0 = time.perf_counter()
                 self._compiled = self._train.lower(*args).compile()
                 self.timings["compile_s"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            outputs.append(jax.device_get(self._compiled(*args)))
+            outputs.append(jax.tree.map(lambda x, real=real: x[:real],
+                                        jax.device_get(self._compiled(*args))))
             self.timings["run_s"] += time.perf_counter() - t0
             if progress is not None:
-                progress(min(size, len(runs) - c * size))
+                progress(real)
         self.timings["run_steps"] += len(runs) * self.setup.num_steps
-        cat = {k: np.concatenate([o[k] for o in outputs])[:len(runs)] for k in outputs[0]}
+        back = np.argsort(order)  # chunk order -> the order of `runs`
+        cat = {k: np.concatenate([o[k] for o in outputs])[back] for k in outputs[0]}
         return {k: cat[k] for k in CURVES}, cat
 
 

@@ -7,9 +7,13 @@
 `train` is a single `lax.scan` over gradient steps, so `jax.jit(jax.vmap(train))` runs a whole
 table of runs — seeds × rewards × learning rates × algorithms × reuse T × batch sizes, on-policy
 and offline alike — as ONE compiled program. The algorithm is a traced index into
-`setup.algorithms` (a `lax.switch` over their objectives; cheap next to the shared policy
-forward/backward). The SFT initialisation depends only on the seed, so it is computed once per
-seed and shared by every run of that seed (all methods start from the same policy).
+`setup.algorithms` (a `lax.switch` over their objectives). Pass it UNBATCHED (one algorithm per
+vmapped call, as bandits.study.Runner does): a batched index makes vmap compute every objective
+and select, which cost ≈ 40% of a run-step with 13 objectives. Each step runs the policy's
+forward pass on its minibatch once (`jax.vjp`): its logits give the loss, π_old's log-probs at
+a round's start, and the pullback the gradient; Adam is `modeseek.optim.fused_adam`.
+The SFT initialisation depends only on the seed, so it is computed once per seed and shared
+by every run of that seed (all methods start from the same policy).
 
 Algorithm 1 of Tajwar et al. as a flat loop over gradient steps s = 0 … S−1, for a run with
 batch B prompts (a multiple of the minibatch M) and reuse T:
@@ -31,11 +35,13 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import optax
 
 import modeseek
 from bandits import env
 from bandits.policies import make_policy, sft_to_reference
 from modeseek.objectives import pair_logratio_metrics
+from modeseek.optim import fused_adam
 from modeseek.pairs import ranked_pairs_mask
 
 KNOBS = ("learning_rate", "algorithm", "reuse", "prompts_per_batch")
@@ -159,14 +165,15 @@ def make_train(setup: BanditSetup):
     policy = make_policy(setup.policy, ref_logp, env.PROMPT_DIM)
     B_max, M, N = setup.max_prompts_per_batch, setup.minibatch_prompts, setup.samples_per_prompt
 
-    def loss_fn(params, batch, knobs):
-        logits_MxA = policy.logits(params, batch["prompts"])
+    def loss_fn(logits_MxA, batch, knobs):
+        """The objective as a function of the minibatch's logits (the policy's forward pass is
+        shared with π_old's, see `train`)."""
         logps = modeseek.categorical_logprobs(logits_MxA[:, None, :], batch["actions"])
         if len(objectives) == 1:
             loss = objectives[0](logps, batch, knobs)
         else:
             loss = jax.lax.switch(knobs["algorithm"], objectives, logps, batch, knobs)
-        return loss, {"logps": logps}
+        return loss, logps
 
     def minibatch_indices(key, s_in, minibatches):
         """Prompt indices [M] of this step's minibatch: the round's B prompts form B/M blocks
@@ -196,9 +203,7 @@ def make_train(setup: BanditSetup):
         _, _, k_eval, k_loop = jax.random.split(key, 4)
         k_data, k_pass = jax.random.split(k_loop)
         eval_prompts = env.sample_prompts(k_eval, setup.eval_prompts)
-        tx = modeseek.make_optimizer(learning_rate=knobs["learning_rate"])
-        train_step = modeseek.make_train_step(
-            lambda p, batch, key: loss_fn(p, batch, knobs), tx)
+        tx = fused_adam(knobs["learning_rate"])
         on_policy = on_policy_table[knobs["algorithm"]]
         batch_prompts = knobs["prompts_per_batch"]
         minibatches = batch_prompts // M
@@ -215,22 +220,29 @@ def make_train(setup: BanditSetup):
             prompts = draw_prompts(k_prompts, idx)
             # π_old(·|prompts): the policy when this round's batch was drawn.
             logp = jnp.broadcast_to(ref_logp, (M, ref_logp.shape[0]))
+            # The policy's forward pass on the minibatch, once: the loss's logits, and π_old's
+            # when the round starts at this step (its pullback gives the gradient below).
+            logits, pullback = jax.vjp(lambda p: policy.logits(p, prompts), state.params)
             if any_on_policy and setup.stale_batches:  # keep π_old's parameters
                 behaviour = jax.tree.map(lambda p, o: jnp.where(fresh, p, o), state.params,
                                          behaviour)
-                logp = jnp.where(on_policy, jax.nn.log_softmax(
-                    policy.logits(behaviour, prompts), -1), logp)
+                # lax.cond: a chunk of one offline algorithm (bandits.study.Runner) skips it.
+                logp = jax.lax.cond(on_policy, lambda: jax.nn.log_softmax(
+                    policy.logits(behaviour, prompts), -1), lambda: logp)
             elif any_on_policy:  # B = M: the same prompts all round; keep π_old's log-probs
-                behaviour = jnp.where(fresh, jax.nn.log_softmax(
-                    policy.logits(state.params, prompts), -1), behaviour)
+                behaviour = jnp.where(fresh, jax.nn.log_softmax(logits, -1), behaviour)
                 logp = jnp.where(on_policy, behaviour, logp)
             minibatch = draw_samples(k_actions, idx, prompts, logp, rewards_A)
-            state, step_metrics = train_step(state, minibatch, None)
+            (loss, logps), dlogits = jax.value_and_grad(loss_fn, has_aux=True)(
+                logits, minibatch, knobs)
+            (grads,) = pullback(dlogits)
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            state = modeseek.TrainState(optax.apply_updates(state.params, updates), opt_state,
+                                        state.step + 1)
             # Winner/loser log-ratios of the minibatch's ranked pairs, before this step.
             pairs = ranked_pairs_mask(minibatch["rewards"], threshold=knobs["threshold"])
-            metrics = pair_logratio_metrics(step_metrics["logps"], minibatch["ref_logps"], pairs)
-            metrics.update(loss=step_metrics["loss"], grad_norm=step_metrics["grad_norm"],
-                           fresh_batch=fresh)
+            metrics = pair_logratio_metrics(logps, minibatch["ref_logps"], pairs)
+            metrics.update(loss=loss, grad_norm=optax.tree.norm(grads), fresh_batch=fresh)
             return (state, behaviour), metrics
 
         def block(carry, b):

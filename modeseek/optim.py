@@ -5,10 +5,17 @@
 
 Numeric arguments (learning rate, weight decay) may be traced values, so a sweep can vmap over
 them; the structural ones (schedule, accumulation) are Python values.
+
+`fused_adam` is plain Adam (constant learning rate, no clipping) as ONE pass over parameters,
+gradients and moments, for small models where the optimizer's memory traffic is the cost.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
 import optax
 
 from modeseek._checks import check_positive
@@ -69,3 +76,43 @@ def make_optimizer(*, learning_rate, schedule="constant", warmup_steps=0, total_
     if accumulation_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=int(accumulation_steps))
     return tx
+
+
+class FusedAdamState(NamedTuple):
+    count: jax.Array  # int32 updates so far
+    mu: optax.Updates
+    nu: optax.Updates
+
+
+def fused_adam(learning_rate, *, b1=0.9, b2=0.999, eps=1e-8) -> optax.GradientTransformation:
+    """Adam (Kingma & Ba) with a constant (possibly traced) learning rate η, one fused pass:
+
+        m ← b1·m + (1−b1)·g,   v ← b2·v + (1−b2)·g²,   t ← t + 1,
+        update = −η · (m / (1−b1^t)) / (sqrt(v / (1−b2^t)) + eps)
+
+    — `optax.adam(η)`'s numbers (eps outside the square root), computed per parameter leaf in
+    one expression so XLA reads g, m, v once and writes m, v and the update once.
+    """
+    check_positive("learning_rate", learning_rate)
+
+    def init(params):
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return FusedAdamState(jnp.zeros((), jnp.int32), zeros, zeros)
+
+    def update(grads, state, params=None):
+        del params
+        count = state.count + 1
+        t = count.astype(jnp.float32)
+        c1, c2 = 1 - b1 ** t, 1 - b2 ** t
+
+        def leaf(g, m, v):
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            return -learning_rate * (m / c1) / (jnp.sqrt(v / c2) + eps), m, v
+
+        out = jax.tree.map(leaf, grads, state.mu, state.nu)
+        outer = jax.tree.structure(grads)
+        updates, mu, nu = jax.tree.transpose(outer, jax.tree.structure((0, 0, 0)), out)
+        return updates, FusedAdamState(count, mu, nu)
+
+    return optax.GradientTransformation(init, update)

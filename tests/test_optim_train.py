@@ -188,3 +188,26 @@ def test_train_step_vmaps_over_learning_rates():
     for i in range(2):
         np.testing.assert_allclose(vm[i], two_steps(float(lrs[i])), rtol=1e-6)
     assert not np.allclose(vm[0], vm[1])
+
+
+def test_fused_adam_matches_numpy_and_optax_under_vmap():
+    from modeseek.optim import fused_adam
+
+    rng = np.random.default_rng(3)
+    p0 = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
+          "b": jnp.asarray(rng.normal(size=(3,)), jnp.float32)}
+    grads = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), p0)
+             for _ in range(6)]
+    # Hand value: the first Adam step moves each parameter by −lr·g/(|g| + eps) ≈ −lr·sign(g).
+    one = _run(fused_adam(0.1), p0, grads[:1])
+    np.testing.assert_allclose(one["w"], p0["w"] - 0.1 * np.sign(grads[0]["w"]), atol=1e-6)
+    lrs = jnp.array([1e-3, 3e-2])
+    runs = jax.vmap(lambda lr: _run(fused_adam(lr), p0, grads, jit=False))(lrs)
+    for i, lr in enumerate(lrs.tolist()):
+        for k in p0:
+            want = np_adamw([g[k] for g in grads], p0[k], lambda t, lr=lr: lr)
+            np.testing.assert_allclose(runs[k][i], want, rtol=1e-5, atol=1e-6, err_msg=k)
+            np.testing.assert_allclose(runs[k][i], _run(optax.adam(lr), p0, grads)[k],
+                                       rtol=1e-5, atol=1e-6, err_msg=k)
+    with pytest.raises(ValueError, match="learning_rate"):
+        fused_adam(0.0)
