@@ -31,7 +31,7 @@ from llm.data import make_loader
 from llm.runtime import host_metrics, make_optimizer, run_loop
 
 
-def run(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
+def run(cfg, stage_cfg, stage_dir, env, *, resume: bool, on_start=None) -> dict:
     mesh, config, tok = env.mesh, env.model_config, env.tokenizer
     alg = modeseek.get_algorithm(stage_cfg.algorithm)
     if not alg.on_policy:
@@ -128,4 +128,4 @@ def run(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
     return run_loop(cfg, stage_cfg, stage_dir, env, state=state, step_fn=step_fn,
                     num_steps=stage_cfg.num_iterations, iterator=it, evaluate=evaluate,
                     resume=resume, extra={"kl_coef": float(hparams["kl_coef"])},
-                    bar_metric="rollout/length")
+                    bar_metric="rollout/length", on_start=on_start)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import llm as llm_configs
-from llm import checkpointing, train
+from llm import checkpointing, run_folder, train
 from llm.runtime import NonFiniteError
 
 # wall-clock and throughput metrics differ between runs; everything else must match exactly
@@ -55,7 +55,7 @@ def _interrupted_then_resumed(tmp_path, make_stage, kill_at):
     assert first["status"] == "preempted"  # a real SIGTERM, handled by saving a checkpoint
     assert checkpointing.RunCheckpointer(os.path.join(killed_dir, "checkpoints"),
                                          every=1).latest_step() == kill_at
-    with pytest.raises(FileExistsError):
+    with pytest.raises(run_folder.RunFolderError, match="--resume"):
         train.run_stage(cfg, stage, killed_dir)  # no silent restart over a checkpoint
     stage.preempt_at_step = 0
     resumed = train.run_stage(cfg, stage, killed_dir, resume=True)
@@ -67,7 +67,8 @@ def _interrupted_then_resumed(tmp_path, make_stage, kill_at):
 
 def test_offline_kill_and_resume_equals_uninterrupted(tmp_path):
     _interrupted_then_resumed(tmp_path, offline_stage, kill_at=2)
-    cache = np.load(tmp_path / "killed" / "stage" / "ref_logps.npy")
+    with np.load(tmp_path / "killed" / "cache" / "offline_dpo.ref_logps.npz") as z:
+        cache = z["value"]
     assert np.all(np.isfinite(cache)) and np.all(cache < 0)  # every row has its reference value
 
 
