@@ -97,8 +97,10 @@ def test_preemption_exits_75_and_resume_refuses_a_changed_config(tmp_path):
     proc = cli(*changed, "--allow_config_change")
     assert proc.returncode == 0, proc.stderr[-2000:]
     logged = [json.loads(x) for x in open(workdir / "config_changes.jsonl")]
-    assert [(c["key"], c["old"], c["new"], c["step"], c["stage"]) for c in logged] == [
-        ("stages.offline_dpo.learning_rate", 0.001, 0.1, 1, "offline_dpo")]
+    assert [(c["key"], c["old"], c["new"], c["affects_results"], c["step"], c["stage"])
+            for c in logged] == [
+        ("stages.offline_dpo.learning_rate", 0.001, 0.1, True, 1, "offline_dpo"),
+        ("stages.offline_dpo.preempt_at_step", 1, 0, False, 1, "offline_dpo")]  # neutral
     assert (workdir / "config.json").read_text() == stored
     assert [r["step"] for r in metrics_of(str(workdir / "offline_dpo"))] == [1, 2]
 
@@ -106,7 +108,7 @@ def test_preemption_exits_75_and_resume_refuses_a_changed_config(tmp_path):
 def _write_pairs(path, swap):
     src = os.path.join(ROOT, "llm", "data", "min_length_train.jsonl")
     with open(src) as f, open(path, "w") as out:
-        for line in list(f)[:8]:
+        for line in list(f)[:16]:
             row = json.loads(line)
             if swap:
                 row["chosen"], row["rejected"] = row["rejected"], row["chosen"]
