@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from llm import run_folder, train
-from tests.test_llm_train import TIMING, metrics_of, offline_stage, tiny_config
+from llm.config_checks import ConfigError
+from tests.test_llm_train import TIMING, metrics_of, offline_stage, onpolicy_stage, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OFFLINE = ["--config", "configs/llm.py:tiny", "--stages", "offline_dpo", "--config.eval.every=0",
@@ -72,7 +73,9 @@ def test_finished_stage_is_never_overwritten(tmp_path):
     workdir holds a run) or with it (skipped), leaves params, summary and metrics untouched."""
     workdir = tmp_path / "run"
     args = [*OFFLINE, "--workdir", str(workdir), "--config.stages.offline_dpo.num_steps=1"]
-    assert cli(*args).returncode == 0
+    proc = cli(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "memory plan per device (offline_dpo)" in proc.stdout  # checked before compiling
     stage_dir = workdir / "offline_dpo"
     before = _stage_files(stage_dir)
     assert any("params" in p for p in before) and (stage_dir / run_folder.DONE_MARKER).exists()
@@ -168,3 +171,18 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capf
     expected = metrics_of(str(tmp_path / "full" / "stage"))
     assert metrics_of(str(killed)) == expected and [r["step"] for r in expected] == [1, 2, 3, 4]
     assert all(not k.startswith(TIMING) for r in expected for k in r)
+
+
+def test_onpolicy_iterations_without_pairs_stop_the_run(tmp_path):
+    """Issue 12 case 4: a reward that ties every sample forms no pair; rollout/pairs logs 0
+    and the second consecutive pair-less iteration stops the run naming the cause."""
+    cfg = tiny_config()
+    cfg.reward.fn = "tests.reward_fns:constant"
+    stage = onpolicy_stage(cfg, num_iterations=3, reuse=1, minibatch_prompts=2,
+                           max_zero_pair_iterations=2)
+    stage_dir = str(tmp_path / "tied" / "stage")
+    with pytest.raises(ConfigError, match="iteration 2: 2 consecutive iterations formed no "
+                                          "usable pair"):
+        train.run_stage(cfg, stage, stage_dir)
+    rows = metrics_of(stage_dir)
+    assert [(r["step"], r["rollout/pairs"], r["rollout/groups"]) for r in rows] == [(1, 0, 0)]

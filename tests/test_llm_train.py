@@ -78,6 +78,8 @@ def test_onpolicy_kill_and_resume_equals_uninterrupted(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(r["rollout/length"] >= 1 for r in rows)
     assert all(r["rollout/gold_reward"] == -r["rollout/length"] for r in rows)
+    # P=2 prompts × N=2 samples: one possible pair per prompt, so pairs == non-tied groups
+    assert all(0 <= r["rollout/pairs"] == r["rollout/groups"] <= 2 for r in rows)
 
 
 def test_nan_stops_run_and_keeps_last_good_checkpoint(tmp_path):
