@@ -119,6 +119,10 @@ def run_stage(cfg, stage_cfg, stage_dir: str, *, resume: bool = False,
     a folder with outputs of an unfinished run needs `resume` (RunFolderError otherwise).
     `on_start(step)`: see `llm.runtime.run_loop`."""
     claim = run_folder.claim_stage_dir(stage_dir, resume=resume)
+    if jax.process_count() > 1:  # every process claims before any of them writes there
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"claimed {stage_dir}")
     if claim == "skip":
         if jax.process_index() == 0:
             print(f"{stage_dir}: finished earlier; skipping it (its outputs are kept)",
