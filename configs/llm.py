@@ -41,7 +41,8 @@ def stage(name, kind, **overrides):
         num_iterations=0, prompts_per_iteration=4, samples_per_prompt=2, reuse=1,
         minibatch_prompts=4, max_new_tokens=48, temperature=1.0, top_k=0, top_p=1.0,
         learning_rate=1e-5, schedule="constant", warmup_steps=0, max_grad_norm=1.0,
-        weight_decay=0.0, accumulation_steps=1, preempt_at_step=0))
+        weight_decay=0.0, accumulation_steps=1, preempt_at_step=0,
+        max_zero_pair_iterations=3))  # on-policy: stop after this many pair-less iterations
     # the taxonomy's defaults (their one home; validated by modeseek.resolve_hparams), with
     # Ziegler et al.'s adaptive KL target (nats per sample) for token-level PPO stages
     s.hparams = ml_collections.ConfigDict(dict(DEFAULT_HPARAMS, kl_target=6.0))

@@ -18,7 +18,10 @@ num_iterations, batch_size, prompts_per_iteration, minibatch_prompts, reuse,
 accumulation_steps), batch sizes divisible by the data-parallel device count, prompts divisible
 by minibatch_prompts, train_rows ≥ 0, learning_rate > 0, weight_decay ≥ 0, warmup shorter than
 the run, sampling arguments (`modeseek._checks.check_sampling_args`), and configs that can never
-form pairs: samples_per_prompt < 2 (every on-policy algorithm but PPO) or temperature 0.
+form pairs: samples_per_prompt < 2 (every on-policy algorithm but the token-level ones, which
+learn from a value baseline: `Algorithm.token_level`) or temperature 0. An on-policy stage needs
+a training reward: its `reward_model` stage, or `cfg.reward` naming one (rule / fn / path), or a
+gold reward (the fallback proxy of `llm.models.StageEnv.rewards`).
 """
 
 from __future__ import annotations
@@ -33,8 +36,6 @@ from modeseek._checks import check_sampling_args, is_int, suggest_key
 from modeseek.taxonomy import ALGORITHMS
 
 KINDS = ("sft", "reward_model", "offline", "onpolicy")
-# on-policy algorithms that learn from a single sample per prompt (a value baseline, no pairs)
-SINGLE_SAMPLE_OK = ("ppo",)
 
 
 class ConfigError(ValueError):
@@ -70,7 +71,7 @@ def total_updates(stage: Mapping[str, Any]) -> int:
 
 
 def _check_stage(name: str, s: Mapping[str, Any], earlier: Mapping[str, Any],
-                 data_parallel: int) -> None:
+                 data_parallel: int, has_reward: bool = False) -> None:
     at = f"config.stages.{name}"
     _known(f"{at}.kind", s["kind"], KINDS)
     kind = s["kind"]
@@ -87,8 +88,9 @@ def _check_stage(name: str, s: Mapping[str, Any], earlier: Mapping[str, Any],
     if s.get("reward_model") and earlier[s["reward_model"]]["kind"] != "reward_model":
         raise ConfigError(f"{at}.reward_model: stage {s['reward_model']!r} is of kind "
                           f"{earlier[s['reward_model']]['kind']!r}, not 'reward_model'")
-    if kind == "onpolicy" and not s.get("reward_model"):
-        raise ConfigError(f"{at}.reward_model: an on-policy stage needs a reward-model stage")
+    if kind == "onpolicy" and not s.get("reward_model") and not has_reward:
+        raise ConfigError(f"{at}.reward_model: an on-policy stage needs a training reward: a "
+                          "reward-model stage, config.reward (rule / fn / path) or a gold reward")
     count = "num_iterations" if kind == "onpolicy" else "num_steps"
     _int_at_least(f"{at}.{count} (0 would save untrained parameters as done)", s[count], 1)
     for field in ("accumulation_steps",) + (
@@ -102,7 +104,7 @@ def _check_stage(name: str, s: Mapping[str, Any], earlier: Mapping[str, Any],
                               f"a multiple of minibatch_prompts={s['minibatch_prompts']}")
         batch_field, batch = "minibatch_prompts", s["minibatch_prompts"]
         _sampling(at, s)
-        if s["algorithm"] not in SINGLE_SAMPLE_OK and s["samples_per_prompt"] < 2:
+        if not ALGORITHMS[s["algorithm"]].token_level and s["samples_per_prompt"] < 2:
             raise ConfigError(f"{at}.samples_per_prompt={s['samples_per_prompt']}: "
                               f"{s['algorithm']} compares samples of a prompt and needs >= 2 "
                               "(with 1 every update is zero)")
@@ -136,12 +138,16 @@ def validate_llm_config(cfg: Mapping[str, Any], *, stages: Sequence[str] = (),
     for name in stages:
         _known("--stages", name, order)
     run = [n for n in order if not stages or n in stages]
+    reward = cfg.get("reward") or {}
+    has_reward = bool(reward.get("fn") or reward.get("rule") or reward.get("path")
+                      or cfg.get("gold"))
     for i, name in enumerate(order):
         s = cfg["stages"][name]
         if s.get("name", name) != name:
             raise ConfigError(f"config.stages.{name}.name is {s['name']!r}; it must be {name!r}")
         if name in run:
-            _check_stage(name, s, {n: cfg["stages"][n] for n in order[:i]}, data_parallel)
+            _check_stage(name, s, {n: cfg["stages"][n] for n in order[:i]}, data_parallel,
+                         has_reward)
     if "eval" in cfg:
         _int_at_least("config.eval.every", cfg["eval"].get("every", 0), 0)
         if cfg["eval"].get("every", 0):

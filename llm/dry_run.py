@@ -10,10 +10,10 @@ What each stage kind keeps on a device (global rows are divided over data × fsd
   reward_model  a scalar model (decoder + head), no LM logits; rows = 2 · batch_size (chosen
                 and rejected stacked);
   offline       the policy, reference log-probs cached (no reference model); rows = 2 · batch_size;
-  onpolicy      the policy (+ value head for PPO), a frozen reference copy, the stage's reward
-                model (if any); rows = minibatch_prompts · samples_per_prompt, length =
-                max_prompt_len + max_new_tokens; KV cache for prompts_per_iteration ·
-                samples_per_prompt sequences of that length.
+  onpolicy      the policy (+ value head for token-level algorithms), a frozen reference
+                copy, the stage's reward model (if any); rows = minibatch_prompts ·
+                samples_per_prompt, length = max_prompt_len + max_new_tokens; KV cache for
+                prompts_per_iteration · samples_per_prompt sequences of that length.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from llm import memory_plan as mp
 from llm import runtime
 from llm import sharding as shd
 from modeseek import decoder as dec
+from modeseek.taxonomy import get_algorithm
 
 
 def model_config_only(name: str) -> dec.DecoderConfig:
@@ -82,7 +83,8 @@ def stage_plan(cfg, stage_cfg, mesh_shape: dict, model_config: dec.DecoderConfig
             config, batch_per_device=-(-stage_cfg.minibatch_prompts * N // split), seq_len=seq,
             optimizer=runtime.make_optimizer(stage_cfg, max(updates, 1)), reference_model=True,
             reward_model_config=reward_config, sampler=(P * N, seq),
-            value_head=stage_cfg.algorithm == "ppo", batch_field="minibatch_prompts", **common)
+            value_head=get_algorithm(stage_cfg.algorithm).token_level,
+            batch_field="minibatch_prompts", **common)
     if kind not in ("sft", "reward_model", "offline"):
         raise ValueError(f"stage {stage_cfg.name}: unknown kind {kind!r}")
     rows = stage_cfg.batch_size * (1 if kind == "sft" else 2)

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from typing import Any
 
 import jax
 import numpy as np
 
-from llm import checkpointing, reward_pass, rewards, steps
+from llm import checkpointing, reward_pass, rewards, run_folder, steps
 from llm import sharding as shd
 from llm import state as st
 from llm.byte_tokenizer import VOCAB_SIZE, ByteTokenizer
@@ -222,9 +221,8 @@ class StageEnv:
         summary = {"status": "done", "stage": self.stage_cfg.name, "kind": self.stage_cfg.kind,
                    "algorithm": self.stage_cfg.algorithm,
                    "final": {k: float(v) for k, v in last_metrics.items()}}
-        if jax.process_index() == 0:
-            with open(os.path.join(stage_dir, "summary.json"), "w") as f:
-                json.dump(summary, f, indent=2)
+        if jax.process_index() == 0:  # summary.json, then the done marker (both atomic)
+            run_folder.mark_stage_done(stage_dir, summary)
         return summary
 
 

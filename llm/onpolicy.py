@@ -8,6 +8,11 @@ Rewards (`llm.reward_pass`): the proxy (`StageEnv.rewards`) trains; every gold r
 logged. Device rewards run inside the jitted scoring pass, host rewards (decoded text, user
 functions) just before it; bad scores stop the run naming the reward.
 
+Pairs: rollout/pairs counts the sample pairs of a prompt (both valid) with different proxy
+rewards, rollout/groups the prompts with at least one (`config_checks.count_pairs`); a
+pairwise / group algorithm stops with ConfigError after `max_zero_pair_iterations` (stage
+field, default 3, 0 = never) consecutive iterations without a pair.
+
 Per-iteration metrics: time_generation / time_scoring / time_update (seconds, each phase
 blocked on; time_scoring includes host rewards, time_reward_host alone), tokens_per_s (real
 tokens in the rollout × (1 + reuse) / iteration time), generation_tokens_per_s, update_mfu
@@ -24,14 +29,14 @@ import jax
 import jax.numpy as jnp
 
 import modeseek
-from llm import logs, models, reward_pass
+from llm import config_checks, logs, models, reward_pass
 from llm import sharding as shd
 from llm import state as st
 from llm.data import make_loader
 from llm.runtime import host_metrics, make_optimizer, run_loop
 
 
-def run(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
+def run(cfg, stage_cfg, stage_dir, env, *, resume: bool, on_start=None) -> dict:
     mesh, config, tok = env.mesh, env.model_config, env.tokenizer
     alg = modeseek.get_algorithm(stage_cfg.algorithm)
     if not alg.on_policy:
@@ -71,6 +76,8 @@ def run(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
         if alg.token_level:
             rollout, _ = modeseek.add_ppo_targets(rollout, hparams, kl_coef)
         metrics = modeseek.rollout_metrics(rollout)
+        metrics["rollout/pairs"], metrics["rollout/groups"] = config_checks.count_pairs(
+            scores[reward_pass.PROXY], rollout.valid)
         for label, values in scores.items():
             if label != reward_pass.PROXY:
                 metrics[f"rollout/{label}"] = modeseek.masked_mean(values, rollout.valid)
@@ -88,6 +95,7 @@ def run(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
                         seed=cfg.seed, use_chat_template=cfg.data.use_chat_template,
                         skip_bad_rows=cfg.data.skip_bad_rows, num_threads=1)
     peak = logs.peak_flops_per_device()
+    starvation = config_checks.PairStarvation(stage_cfg.max_zero_pair_iterations)
 
     def step_fn(state, key, iteration, extra):
         kl_coef = extra["kl_coef"]
@@ -107,6 +115,8 @@ def run(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
             update(state, rollout, jax.random.fold_in(key, 1)))
         t3 = time.perf_counter()
         more = host_metrics(roll_metrics)
+        if not alg.token_level:  # pairwise / group objectives learn nothing without a pair
+            starvation.update(more["rollout/pairs"], iteration + 1)
         if first_gold is not None:
             more["rollout/gold_reward"] = more[f"rollout/gold/{first_gold}"]
         seq_len = rollout.tokens.shape[-1]
@@ -128,4 +138,4 @@ def run(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
     return run_loop(cfg, stage_cfg, stage_dir, env, state=state, step_fn=step_fn,
                     num_steps=stage_cfg.num_iterations, iterator=it, evaluate=evaluate,
                     resume=resume, extra={"kl_coef": float(hparams["kl_coef"])},
-                    bar_metric="rollout/length")
+                    bar_metric="rollout/length", on_start=on_start)

@@ -45,7 +45,8 @@ DONE_MARKER = "done"
 CONFIG_FILE = "config.json"
 # Fields whose change on --resume cannot alter the numbers a run produces (glob patterns on
 # dotted keys). Everything else counts as result-affecting unless `result_fields` narrows it.
-NEUTRAL_FIELDS = ("checkpoint_every", "wandb", "distributed.*", "stages.*.preempt_at_step")
+NEUTRAL_FIELDS = ("checkpoint_every", "wandb", "distributed.*", "stages.*.preempt_at_step",
+                  "stages.*.max_zero_pair_iterations")
 
 
 class RunFolderError(RuntimeError):

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 import modeseek
-from llm import checkpointing, logs
+from llm import checkpointing, logs, run_folder
 
 
 class NonFiniteError(RuntimeError):
@@ -78,6 +78,25 @@ def host_metrics(metrics) -> dict:
     return {k: float(np.mean(v)) for k, v in jax.device_get(metrics).items()}
 
 
+def restore_latest_valid(ckpt, state, rng, iterator):
+    """(step, (state, rng, extra)) of the newest checkpoint that restores, or (None, None).
+    A damaged step is moved aside (`run_folder.quarantine_step_dir`, process 0) with a warning
+    naming it and the step fallen back to; when none restores, RunFolderError lists them."""
+    directory = os.fspath(ckpt.manager.directory)
+
+    def quarantine(step):
+        if jax.process_index() == 0:
+            run_folder.quarantine_step_dir(directory, step)
+        ckpt.manager.reload()
+
+    step, restored = run_folder.latest_valid_checkpoint(
+        ckpt.manager.all_steps(), lambda s: ckpt.restore(state, rng, iterator, step=s),
+        quarantine=quarantine)
+    if restored is not None and jax.process_index() == 0:
+        print(f"resuming from checkpoint step {step} in {directory}", flush=True)
+    return step, restored
+
+
 def make_optimizer(stage_cfg, total_updates: int):
     """The stage's optimizer: config fields unpacked into `modeseek.make_optimizer`'s keywords."""
     return modeseek.make_optimizer(
@@ -89,20 +108,25 @@ def make_optimizer(stage_cfg, total_updates: int):
 
 def run_loop(cfg, stage_cfg, stage_dir: str, env, *, state, step_fn: Callable,
              num_steps: int, iterator, evaluate, resume: bool, extra: dict | None = None,
-             bar_metric: str = "loss") -> dict:
+             bar_metric: str = "loss", on_start: Callable[[int], None] | None = None) -> dict:
     """The stage loop (module docstring). `step_fn(state, key, step, extra) -> (state,
     update_metrics (device; may be stacked over gradient steps), more metrics (host floats),
     extra)` does one step; key = fold_in(PRNGKey(cfg.seed), step). `extra` (JSON numbers, e.g.
     the adaptive KL coefficient) is checkpointed with the state and restored on resume.
+    `on_start(step)` is called once the starting step is known (0, or the restored one).
     Returns the stage summary, or {"status": "preempted", "step": n} after a SIGTERM."""
     rng = jax.random.key(cfg.seed)
     ckpt = checkpointing.RunCheckpointer(os.path.join(stage_dir, "checkpoints"),
                                          every=cfg.checkpoint_every)
     extra, start = dict(extra or {}), 0
-    if resume and ckpt.latest_step() is not None:
-        state, rng, restored = ckpt.restore(state, rng, iterator)
-        start = int(restored.pop("step"))
-        extra.update(restored)
+    if resume:
+        step, restored = restore_latest_valid(ckpt, state, rng, iterator)
+        if step is not None:
+            state, rng, restored = restored
+            start = int(restored.pop("step"))
+            extra.update(restored)
+    if on_start is not None:
+        on_start(start)
     logger = logs.MetricsLogger(stage_dir, resume_step=start if start else None,
                                 use_wandb=cfg.wandb, config=cfg.to_dict())
     preempt = Preemption()

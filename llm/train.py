@@ -8,7 +8,8 @@ one entry of `cfg.stages`. Stage kinds:
   reward_model  Bradley–Terry on (chosen, rejected); held-out accuracy at every eval;
   offline       a taxonomy objective on the offline pairs (pref_ft, offline_dpo, offline_ipo,
                 ...); reference log-probs computed once before training and cached in
-                <stage>/ref_logps.npy (no reference model is kept);
+                <workdir>/cache/<stage>.ref_logps.npz, keyed by what they were computed
+                from (no reference model is kept);
   onpolicy      sample → score → update per iteration (`modeseek.engine`, llm.onpolicy).
 
 Every kind runs in the one stage loop `llm.runtime.run_loop`, supplying its step function and
@@ -29,10 +30,11 @@ import jax
 import numpy as np
 
 import modeseek
-from llm import models, onpolicy, steps
+from llm import models, onpolicy, run_folder, steps
 from llm import sharding as shd
 from llm import state as st
 from llm.data import make_loader
+from llm.dry_run import check_stage_fits
 from llm.runtime import make_optimizer, run_loop
 
 
@@ -57,54 +59,85 @@ def device_batch(batch: dict, mesh, keys) -> dict:
 PAIR_KEYS = steps.PAIR_KEYS
 
 
+def reference_key(cfg, stage_cfg, stage_dir) -> str:
+    """What a stage's reference log-probs are computed from: the data (file bytes, or the
+    rows), the initial policy (the `init` stage's params, or the base model: its files' path,
+    size and mtime, or its name and the seed for a random init), lengths, template and the
+    fields that pick the rows."""
+    data = models.train_source(cfg, stage_cfg)
+    run_dir = os.path.dirname(os.path.abspath(stage_dir))
+    init = os.path.join(run_dir, stage_cfg.init, "params") if stage_cfg.init else cfg.model
+    weights = (run_folder.fingerprint(files=[init], file_identity="stat")
+               if os.path.exists(init) else None)
+    return run_folder.fingerprint(
+        files=[data] if isinstance(data, str) else (),
+        fields={"rows": None if isinstance(data, str) else data, "model": cfg.model,
+                "weights": weights, "init": stage_cfg.init, "seed": cfg.seed,
+                "trunk_layers": stage_cfg.trunk_layers, "data": {
+                    k: cfg.data[k] for k in ("max_prompt_len", "max_response_len",
+                                             "use_chat_template", "skip_bad_rows")},
+                "dtypes": [cfg.get("param_dtype", None), cfg.get("compute_dtype", None)]})
+
+
 def reference_cache(cfg, stage_cfg, stage_dir, tokenizer, mesh, model_config, params) -> np.ndarray:
     """[rows, 2] reference log-probs of every training pair, computed once with the initial
-    policy (`params`) and stored; on resume the stored file is read instead."""
-    path = os.path.join(stage_dir, "ref_logps.npy")
-    if os.path.exists(path):
-        return np.load(path, allow_pickle=False)
-    source = models.train_source(cfg, stage_cfg)
-    batch_size = shd.batch_size_multiple(mesh, cfg.data.ref_batch_size)
-    if not isinstance(source, str):  # a few rows: no batch larger than the data
-        unit = shd.batch_size_multiple(mesh, 1)
-        batch_size = max(unit, min(batch_size, len(source) // unit * unit))
-    # two unshuffled epochs, ceil(rows / batch) batches: the last batch wraps around to the
-    # first rows instead of dropping the remainder, so every row gets its value
-    it, stats = pair_loader(cfg, tokenizer, source, batch_size,
-                            shuffle=False, seed=0, num_epochs=2)
-    num_batches = -(-stats["rows_in_shard"] // (batch_size // jax.process_count()))
-    logps_fn = st.jit_eval(lambda p, b: (b["row_index"], steps.pair_logps(p, model_config, b)),
-                           mesh)
-    cache = np.full((stats["rows_checked"], 2), np.nan, np.float32)
-    for _ in range(num_batches):
-        batch = next(it)
-        rows, logps = jax.device_get(logps_fn(params, device_batch(batch, mesh,
-                                                                   PAIR_KEYS + ("row_index",))))
-        cache[rows] = logps
-    if jax.process_index() == 0:
-        np.save(path, cache, allow_pickle=False)
-    return cache
+    policy (`params`) and stored in <workdir>/cache/<stage>.ref_logps.npz keyed by
+    `reference_key`: reused only when computed from the same inputs (a stale file, e.g. of
+    other data, is recomputed with a warning), and outliving a deleted stage folder."""
+    path = os.path.join(os.path.dirname(os.path.abspath(stage_dir)), "cache",
+                        f"{stage_cfg.name}.ref_logps.npz")
+
+    def compute():
+        source = models.train_source(cfg, stage_cfg)
+        batch_size = shd.batch_size_multiple(mesh, cfg.data.ref_batch_size)
+        if not isinstance(source, str):  # a few rows: no batch larger than the data
+            unit = shd.batch_size_multiple(mesh, 1)
+            batch_size = max(unit, min(batch_size, len(source) // unit * unit))
+        # two unshuffled epochs, ceil(rows / batch) batches: the last batch wraps around to
+        # the first rows instead of dropping the remainder, so every row gets its value
+        it, stats = pair_loader(cfg, tokenizer, source, batch_size,
+                                shuffle=False, seed=0, num_epochs=2)
+        num_batches = -(-stats["rows_in_shard"] // (batch_size // jax.process_count()))
+        logps_fn = st.jit_eval(
+            lambda p, b: (b["row_index"], steps.pair_logps(p, model_config, b)), mesh)
+        cache = np.full((stats["rows_checked"], 2), np.nan, np.float32)
+        for _ in range(num_batches):
+            batch = next(it)
+            rows, logps = jax.device_get(logps_fn(
+                params, device_batch(batch, mesh, PAIR_KEYS + ("row_index",))))
+            cache[rows] = logps
+        return cache
+
+    return run_folder.load_or_compute_cached(path, reference_key(cfg, stage_cfg, stage_dir),
+                                             compute, write=jax.process_index() == 0)
 
 
-def run_stage(cfg, stage_cfg, stage_dir: str, *, resume: bool = False) -> dict:
-    """Runs (or resumes) one stage; returns its summary (also written to <stage>/summary.json)."""
-    done_path = os.path.join(stage_dir, "summary.json")
-    if resume and os.path.exists(done_path):
-        with open(done_path) as f:
-            return json.load(f)
-    ckpt_dir = os.path.join(stage_dir, "checkpoints")
-    if not resume and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
-        raise FileExistsError(f"{stage_dir} already has checkpoints; pass --resume or use a new "
-                              "workdir")
-    os.makedirs(stage_dir, exist_ok=True)
+def run_stage(cfg, stage_cfg, stage_dir: str, *, resume: bool = False,
+              on_start=None) -> dict:
+    """Runs (or resumes) one stage; returns its summary (also written to <stage>/summary.json).
+    A finished stage (`run_folder.DONE_MARKER`) is skipped and its stored summary returned;
+    a folder with outputs of an unfinished run needs `resume` (RunFolderError otherwise).
+    `on_start(step)`: see `llm.runtime.run_loop`."""
+    claim = run_folder.claim_stage_dir(stage_dir, resume=resume)
+    if jax.process_count() > 1:  # every process claims before any of them writes there
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"claimed {stage_dir}")
+    if claim == "skip":
+        if jax.process_index() == 0:
+            print(f"{stage_dir}: finished earlier; skipping it (its outputs are kept)",
+                  flush=True)
+        with open(os.path.join(stage_dir, "summary.json")) as f:
+            return {**json.load(f), "skipped": True}
     mesh = shd.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     env = models.StageEnv.create(cfg, stage_cfg, stage_dir, mesh)
+    check_stage_fits(cfg, stage_cfg, mesh, models.load_base(cfg.model)[0])
     if stage_cfg.kind == "onpolicy":
-        return onpolicy.run(cfg, stage_cfg, stage_dir, env, resume=resume)
-    return run_batches(cfg, stage_cfg, stage_dir, env, resume=resume)
+        return onpolicy.run(cfg, stage_cfg, stage_dir, env, resume=resume, on_start=on_start)
+    return run_batches(cfg, stage_cfg, stage_dir, env, resume=resume, on_start=on_start)
 
 
-def run_batches(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
+def run_batches(cfg, stage_cfg, stage_dir, env, *, resume: bool, on_start=None) -> dict:
     """SFT, reward-model and offline preference stages: one batch per step in the stage loop."""
     mesh, model_config = env.mesh, env.model_config
     kind, num_steps = stage_cfg.kind, stage_cfg.num_steps
@@ -149,4 +182,5 @@ def run_batches(cfg, stage_cfg, stage_dir, env, *, resume: bool) -> dict:
 
     evaluate = env.make_evaluator(kind) if cfg.eval.every else None
     return run_loop(cfg, stage_cfg, stage_dir, env, state=state, step_fn=step_fn,
-                    num_steps=num_steps, iterator=it, evaluate=evaluate, resume=resume)
+                    num_steps=num_steps, iterator=it, evaluate=evaluate, resume=resume,
+                    on_start=on_start)

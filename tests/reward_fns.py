@@ -15,6 +15,11 @@ def count_a(prompts, completions, **kwargs):
     return [c.count("a") - 0.1 * len(p) for p, c in zip(prompts, completions)]
 
 
+def constant(prompts, completions, **kwargs):
+    """The same reward for every completion: no pair can be formed."""
+    return [1.0] * len(completions)
+
+
 def answer_in_completion(prompts, completions, answer, **kwargs):
     """1.0 when the dataset column `answer` appears in the completion (TRL passes columns)."""
     return [float(a in c) for c, a in zip(completions, answer)]

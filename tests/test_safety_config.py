@@ -67,7 +67,7 @@ def test_valid_config_and_the_shipped_configs_pass():
     ("stages.onpolicy_dpo.top_k", -1, r"onpolicy_dpo\.top_k must be an integer >= 0"),
     ("stages.onpolicy_dpo.max_new_tokens", 0, r"onpolicy_dpo\.max_new_tokens must be"),
     ("stages.onpolicy_dpo.minibatch_prompts", 3, r"prompts_per_iteration=4 is not a multiple"),
-    ("stages.onpolicy_dpo.reward_model", "", r"on-policy stage needs a reward-model stage"),
+    ("stages.onpolicy_dpo.reward_model", "", r"on-policy stage needs a training reward"),
     ("stages.onpolicy_dpo.reward_model", "offline_dpo", r"reward_model \(a stage that runs "
                                                         r"earlier\): unknown name 'offline_dpo'"),
     ("stages.offline_dpo.init", "nope", r"init .*unknown name 'nope' \(known: onpolicy_dpo, "
@@ -91,6 +91,20 @@ def test_bad_fields_are_named(path, value, message):
     node[leaf] = value
     with pytest.raises(ConfigError, match=message):
         validate_llm_config(cfg, data_parallel=2 if "data-par" in message else 1)
+
+
+def test_onpolicy_without_reward_model_stage_is_accepted_when_a_reward_is_named():
+    """`--config.reward.fn=...` (or a rule / path, or a gold reward) trains the on-policy stage
+    without a reward-model stage, as llm.models.StageEnv.rewards allows."""
+    for extra in ({"reward": {"fn": "tests.reward_fns:count_a", "rule": "", "path": ""}},
+                  {"gold": {"neg_length": {"rule": "neg_length"}}}):
+        cfg = copy.deepcopy(_config()) | extra
+        cfg["stages"]["onpolicy_dpo"]["reward_model"] = ""
+        validate_llm_config(cfg)
+    cfg = copy.deepcopy(_config()) | {"reward": {"fn": "", "rule": "", "path": ""}}
+    cfg["stages"]["onpolicy_dpo"]["reward_model"] = ""
+    with pytest.raises(ConfigError, match="needs a training reward"):
+        validate_llm_config(cfg)
 
 
 def test_ppo_may_sample_once_and_only_running_stages_are_checked():
