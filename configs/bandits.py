@@ -3,11 +3,12 @@
 Command:   python -m bandits                       (this config, writes runs/bandits-<time>/)
            python -m bandits --config=configs/bandits.py:quick --out /tmp/quick
            python -m bandits --config.policy=tabular
-Runtime:   default: 1,205 runs, 180,750 run-steps, 2 compiled programs. Measured 507 s wall /
-           212 CPU-s on the shared 2-core CPU at load ≈ 8.6 (compile 74 s, SFT 27 s, runs
-           395 s); idle estimate ≈ 2 min (the old 218-run study took 215 s idle for 390 CPU-s
-           at load ≈ 9). Issue 9's < 60 s is NOT met on this CPU (see "Sizing"). A second run
-           skips most of the compile (persistent cache under runs/.jax_cache).
+Runtime:   default: 1,205 runs, 180,750 run-steps, 2 compiled programs, one algorithm per
+           compiled call. Measured 287 s wall / 182 CPU-s on the shared 2-core CPU at load
+           ≈ 7.7 (compile 51 s, SFT 21 s, runs 202 s); before the per-algorithm calls and the
+           fused Adam: 507 s / 212 CPU-s at load ≈ 8.6. Issue 9's < 60 s is NOT met on this CPU
+           (see "Sizing"). A second run skips most of the compile (persistent cache under
+           runs/.jax_cache).
            benchmarks/bandits_sweep.py times it against a PyTorch port.
 Expected:  bandits/results/report.md (the committed report of this config). R1 (peak where
            π_ref is small): on-policy methods at their best lr reach 0.9·max in 20–50 steps
