@@ -19,6 +19,7 @@ from ml_collections import config_flags  # noqa: E402
 
 import configs  # noqa: E402
 from bandits import plots, report, study  # noqa: E402
+from modeseek._checks import check_new_run_folder  # noqa: E402
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(configs.__file__), "bandits.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Study configuration.")
@@ -32,6 +33,10 @@ def main(argv):
     study.validate(config)
     study.enable_compilation_cache(os.environ.get("BANDITS_JAX_CACHE", "runs/.jax_cache"))
     out = _OUT.value or os.path.join("runs", time.strftime("bandits-%Y%m%d-%H%M%S"))
+    try:
+        check_new_run_folder(out)
+    except FileExistsError as e:
+        sys.exit(f"error: {e}")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))

@@ -3,6 +3,8 @@ early, naming the argument (and, for unknown names, the closest known one)."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from jax import core
 
@@ -86,3 +88,11 @@ def check_known_keys(where: str, given, known) -> None:
     for key in given:
         if key not in known:
             raise ValueError(f"{where}: unknown key {key!r}{suggest_key(key, known)}")
+
+
+def check_new_run_folder(path: str, flag: str = "--out") -> None:
+    """Refuse a run folder that already holds a run (its config.json): results are never
+    overwritten. Raises FileExistsError naming the flag."""
+    if os.path.exists(os.path.join(path, "config.json")):
+        raise FileExistsError(f"{flag}={path} already holds a run (config.json); runs are never "
+                              f"overwritten: choose a new {flag}")

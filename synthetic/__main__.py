@@ -13,6 +13,7 @@ from ml_collections import config_flags
 
 import configs
 from configs import synthetic as synthetic_config
+from modeseek._checks import check_new_run_folder
 from synthetic import plots, report, study
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(configs.__file__), "synthetic.py")
@@ -29,6 +30,10 @@ def main(argv):
             "token_quick" if config.study == "token_bandit" else "quick")
     study.validate(config)
     out = _OUT.value or os.path.join("runs", time.strftime("synthetic-%Y%m%d-%H%M%S"))
+    try:
+        check_new_run_folder(out)
+    except FileExistsError as e:
+        sys.exit(f"error: {e}")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))

@@ -196,6 +196,10 @@ def test_cli_smoke_run_writes_report(tmp_path):
     metrics = np.load(out / "metrics.npz")
     assert metrics["expected_reward"].shape == (len(results["runs"]),
                                                 cfg.num_steps // cfg.eval_every)
+    before = (out / "report.md").read_bytes()
+    again = _cli("--config=configs/bandits.py:smoke", f"--out={out}")  # never overwrites
+    assert again.returncode != 0 and "already holds a run" in again.stderr, again.stderr[-2000:]
+    assert (out / "report.md").read_bytes() == before
 
 
 def test_cli_names_bad_fields(tmp_path):

@@ -1,6 +1,8 @@
 """The synthetic study's sizing (Min/Skew lengths, the Skew cap), the proxy-RM checks on π_ref
 pairs and the per-learning-rate verdicts, on constructed inputs and the tiny config."""
 
+import os
+
 import ml_collections
 import numpy as np
 import pytest
@@ -206,3 +208,15 @@ def test_token_bandit_report_renders_from_constructed_curves(tmp_path):
             "onpolicy_dpo vs offline_dpo: lr 0.001 ✓: 6 vs 14 steps, ×2.3 (final 1.0 vs 0.9); "
             "lr 0.003 ✓: 6 vs 14 steps, ×2.3 (final 1.0 vs 0.9)") in rows
     assert all((tmp_path / n).exists() for n in names)
+
+
+def test_cli_never_overwrites_a_run_folder(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "config.json").write_text("{}")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", "synthetic", f"--out={tmp_path}"], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "already holds a run" in proc.stderr, proc.stderr[-2000:]
+    assert (tmp_path / "config.json").read_text() == "{}"
