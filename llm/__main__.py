@@ -121,7 +121,7 @@ def main(argv):
         try:
             summary = train.run_stage(cfg, cfg.stages[name], os.path.join(workdir, name),
                                       resume=FLAGS.resume, on_start=on_start)
-        except run_folder.RunFolderError as e:
+        except (run_folder.RunFolderError, config_checks.ConfigError) as e:
             _fail(str(e))
         if distributed.is_main():
             print(json.dumps({"stage": name, **summary}), flush=True)

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from llm import checkpointing, reward_pass, rewards, run_folder, steps
+from llm import checkpointing, config_checks, reward_pass, rewards, run_folder, steps
 from llm import sharding as shd
 from llm import state as st
 from llm.byte_tokenizer import VOCAB_SIZE, ByteTokenizer
@@ -57,6 +57,8 @@ class StageEnv:
     @classmethod
     def create(cls, cfg, stage_cfg, stage_dir, mesh):
         config, host_params, tokenizer = load_base(cfg.model)
+        # prompt + response (or new tokens) must fit the model's context: refused, never cut
+        config_checks.check_context_fits(cfg, config.max_len, stages=(stage_cfg.name,))
         config = stage_model_config(config, stage_cfg)
         if host_params is not None:
             host_params = dec.truncate_layers(host_params, config.num_layers)
@@ -242,6 +244,7 @@ def train_source(cfg, stage_cfg):
     if not stage_cfg.train_rows:
         return cfg.data.train
     from llm.data import read_preference_file
+    from llm.data.records import take_rows
 
     rows, _ = read_preference_file(cfg.data.train, skip_bad_rows=cfg.data.skip_bad_rows)
-    return rows[: stage_cfg.train_rows]
+    return take_rows(rows, stage_cfg.train_rows, source=cfg.data.train)

@@ -186,3 +186,10 @@ def test_onpolicy_iterations_without_pairs_stop_the_run(tmp_path):
         train.run_stage(cfg, stage, stage_dir)
     rows = metrics_of(stage_dir)
     assert [(r["step"], r["rollout/pairs"], r["rollout/groups"]) for r in rows] == [(1, 0, 0)]
+
+
+def test_prompt_and_response_longer_than_the_context_are_refused_at_load(tmp_path):
+    """The model's context is known only once it is loaded: the stage refuses in one line."""
+    refused(cli(*OFFLINE, "--workdir", str(tmp_path / "run"), "--config.data.max_prompt_len=1000"),
+            "config.data.max_prompt_len=1000 + config.data.max_response_len",
+            "exceeds the model's context of 1024 tokens")
