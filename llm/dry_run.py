@@ -129,7 +129,8 @@ def check_stage_fits(cfg, stage_cfg, mesh, model_config, *,
     model's (`llm.models.load_base(cfg.model)[0]`): stage trunks are applied here.
     `device_bytes` overrides the device's reported memory (CPU devices report none)."""
     mesh_shape = {a: int(mesh.shape[a]) for a in shd.MESH_AXES}
-    device = mesh.devices.flat[0]
+    # memory_stats() answers only for this process's devices (multi-host meshes)
+    device = next(d for d in mesh.devices.flat if d.process_index == jax.process_index())
     plan = stage_plan(cfg, stage_cfg, mesh_shape, model_config, platform=device.platform)
     limit = device_bytes or mp.device_memory_bytes(device)
     if jax.process_index() == 0:

@@ -312,8 +312,8 @@ def plan_memory(model_config, *, mesh_shape: dict, batch_per_device: int, seq_le
 
 
 def device_memory_bytes(device=None, default: int | None = None) -> int | None:
-    """`memory_stats()["bytes_limit"]` of `device` (default: the first), else `default` (CPU
-    devices report none)."""
-    device = device or jax.devices()[0]
+    """`memory_stats()["bytes_limit"]` of `device` (default: this process's first), else
+    `default` (CPU devices report none). Only this process's devices can be asked."""
+    device = device or jax.local_devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else default

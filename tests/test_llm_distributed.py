@@ -11,7 +11,7 @@ import numpy as np
 from llm_batches import random_pair_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT_S = 120
+TIMEOUT_S = 600  # generous: two processes compile every stage on 2 cores (a hang still fails)
 
 
 def _child(coordinator: str, num_processes: int, process_id: int):
