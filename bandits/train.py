@@ -44,8 +44,6 @@ from modeseek.objectives import pair_logratio_metrics
 from modeseek.optim import fused_adam
 from modeseek.pairs import ranked_pairs_mask
 
-KNOBS = ("learning_rate", "algorithm", "reuse", "prompts_per_batch")
-
 
 @dataclasses.dataclass(frozen=True)
 class BanditSetup:

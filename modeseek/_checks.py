@@ -40,11 +40,6 @@ def check_same_shape(**arrays) -> None:
         raise ValueError(f"shape mismatch: {listing}")
 
 
-def check_rank_at_least(name: str, array, rank: int) -> None:
-    if np.ndim(array) < rank:
-        raise ValueError(f"{name} must have at least {rank} dims, got shape {np.shape(array)}")
-
-
 def is_int(value) -> bool:
     """A Python or NumPy integer, not a bool."""
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
