@@ -57,7 +57,7 @@ def main(argv):
     rows = report.write_report(os.path.join(out, "report.md"), records, curves, best, config,
                                timings)
     print(f"{timings['runs']} runs in {timings['command_s']:.1f} s wall ({timings['cpu_s']:.1f} "
-          f"CPU-s, compile {timings['compile_s']:.1f} s, load {load:.2f}) -> {out}")
+          f"CPU-s, startup {timings['startup_s']:.1f} s (compile + SFT), load {load:.2f}) -> {out}")
     for finding, verdict, _, _ in rows:
         print(f"[{verdict}] {finding}")
     print(f"report: {os.path.join(out, 'report.md')}", file=sys.stdout)

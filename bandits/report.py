@@ -145,8 +145,9 @@ def write_report(path, records, curves, best, config, timings):
     lines += ["", "## Time", "",
               f"{t['runs']} runs ({t['run_steps']:,} run-steps) in {t['programs']} compiled "
               f"programs on {t['devices']} device(s), {t['chunk_size']} runs per device per "
-              f"call: compile "
-              f"{t['compile_s']:.1f} s, SFT {t['sft_s']:.1f} s, runs {t['run_s']:.1f} s, study "
+              f"call: compile {t['compile_s']:.1f} s and SFT {t['sft_s']:.1f} s, concurrent "
+              f"(startup wall {t.get('startup_s', float('nan')):.1f} s), runs "
+              f"{t['run_s']:.1f} s, study "
               f"wall {t['wall_s']:.1f} s; whole command {t.get('command_s', float('nan')):.1f} s "
               f"wall, {t.get('cpu_s', float('nan')):.1f} CPU-s, load average "
               f"{t.get('load', '?')} at the start."]

@@ -11,6 +11,7 @@ record, never on its chunk or device (tests/test_bandits_study.py checks 1 vs 2 
 
 from __future__ import annotations
 
+import concurrent.futures
 import difflib
 import json
 import os
@@ -263,7 +264,8 @@ class Runner:
         self.timings["sft_s"] += time.perf_counter() - t0
         return params
 
-    def _args(self, runs):
+    def _host_args(self, runs):
+        """(keys, rewards, knobs, algorithm index) of a chunk, on the host."""
         index = {name: i for i, name in enumerate(self.setup.algorithms)}
         knobs = {name: np.array([r["hparams"][name] for r in runs], np.float32)
                  for name in runs[0]["hparams"]}
@@ -271,13 +273,31 @@ class Runner:
         (algorithm,) = {index[r["algorithm"]] for r in runs}
         knobs["reuse"] = np.array([r["reuse"] for r in runs], np.int32)
         knobs["prompts_per_batch"] = np.array([r["prompts_per_batch"] for r in runs], np.int32)
-        seed_list = [r["seed"] for r in runs]
-        keys = jax.vmap(jax.random.key)(jnp.asarray(seed_list))
+        keys = jax.vmap(jax.random.key)(jnp.asarray([r["seed"] for r in runs]))
         rewards = np.stack([env.reward_table(r["reward"]) for r in runs]).astype(np.float32)
-        args = jax.device_put((keys, self._initial_params(seed_list), rewards, knobs),
-                              self.sharding)
-        return (*args, jax.device_put(np.int32(algorithm),
-                                      NamedSharding(self.mesh, PartitionSpec())))
+        return keys, rewards, knobs, np.int32(algorithm)
+
+    def _args(self, runs):
+        keys, rewards, knobs, algorithm = self._host_args(runs)
+        params = self._initial_params([r["seed"] for r in runs])
+        args = jax.device_put((keys, params, rewards, knobs), self.sharding)
+        return (*args, jax.device_put(algorithm, NamedSharding(self.mesh, PartitionSpec())))
+
+    def compile(self, example_run):
+        """Compile the program for chunks of runs shaped like `example_run` (a record), from
+        shapes alone: no SFT and no run is needed, so programs can compile concurrently (XLA
+        releases the GIL) while the SFT runs (see `run_study`)."""
+        if self._compiled is not None:
+            return
+        keys, rewards, knobs, algorithm = self._host_args([example_run] * self.chunk_size)
+        params = jax.eval_shape(jax.vmap(make_init(self.setup)), keys)[0]
+        spec = lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype,  # noqa: E731
+                                                        sharding=sharding)
+        runs_axis = jax.tree.map(lambda x: spec(x, self.sharding), (keys, params, rewards, knobs))
+        t0 = time.perf_counter()
+        self._compiled = self._train.lower(
+            *runs_axis, spec(algorithm, NamedSharding(self.mesh, PartitionSpec()))).compile()
+        self.timings["compile_s"] += time.perf_counter() - t0
 
     def run(self, runs, progress=None):
         """Curves {name: [R, K]} and all outputs {name: [R, ...]} of `runs`, in order."""
@@ -303,12 +323,9 @@ class Runner:
                 part = group[c:c + size]
                 chunks.append((part + part[-1:] * (size - len(part)), len(part)))
         outputs = []
+        self.compile(runs[0])
         for chunk, real in chunks:
             args = self._args(chunk)
-            if self._compiled is None:
-                t0 = time.perf_counter()
-                self._compiled = self._train.lower(*args).compile()
-                self.timings["compile_s"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             outputs.append(jax.tree.map(lambda x, real=real: x[:real],
                                         jax.device_get(self._compiled(*args))))
@@ -345,6 +362,24 @@ def run_study(config, *, progress=None):
     records = plan_main(config)
     t0 = time.perf_counter()
     main = Runner(make_setup(config), chunk_size=config.chunk_size, devices=config.devices)
+    runners = [main]
+    if config.batch_ablation.algorithms and config.batch_ablation.grid:
+        stale = Runner(make_setup(config, stale=True), chunk_size=config.chunk_size,
+                       devices=config.devices)
+        runners.append(stale)
+    # Both programs compile on their own threads while this one runs every seed's SFT: on a
+    # 2-core CPU that hides most of the compile time.
+    with concurrent.futures.ThreadPoolExecutor(len(runners)) as pool:
+        compiling = [pool.submit(main.compile, records[0])]
+        if len(runners) > 1:
+            abl = config.batch_ablation
+            compiling.append(pool.submit(stale.compile, _record(
+                config, "batch", abl.algorithms[0], abl.reward, 0, "verdict",
+                config.lr_grid[0], reuse=1, prompts=config.minibatch_prompts)))
+        main._initial_params(sorted({r["seed"] for r in records}))
+        for future in compiling:
+            future.result()
+    startup_s = time.perf_counter() - t0
     curves_main, out_main = main.run(records, progress)
     summarise(records, curves_main, out_main, main.setup)
     best = best_learning_rates(records)
@@ -352,22 +387,19 @@ def run_study(config, *, progress=None):
     reuse = [r for r in ablations if r["study"] == "reuse"]
     batch = [r for r in ablations if r["study"] == "batch"]
     parts = [(records, curves_main)]
-    runners = [main]
     if reuse:
         curves, out = main.run(reuse, progress)
         parts.append((summarise(reuse, curves, out, main.setup), curves))
     if batch:
-        stale = Runner(make_setup(config, stale=True), chunk_size=config.chunk_size,
-                       devices=config.devices)
         curves, out = stale.run(batch, progress)
         parts.append((summarise(batch, curves, out, stale.setup), curves))
-        runners.append(stale)
     all_records = [r for rs, _ in parts for r in rs]
     for i, r in enumerate(all_records):
         r["curve_index"] = i
     curves = {k: np.concatenate([c[k] for _, c in parts]) for k in CURVES}
     timings = {k: sum(r.timings[k] for r in runners) for k in main.timings}
-    timings.update(wall_s=time.perf_counter() - t0, runs=len(all_records), programs=len(runners),
+    timings.update(wall_s=time.perf_counter() - t0, startup_s=startup_s,
+                   runs=len(all_records), programs=len(runners),
                    devices=int(main.mesh.devices.size), chunk_size=config.chunk_size)
     return all_records, curves, best, timings
 

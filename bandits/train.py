@@ -237,10 +237,20 @@ def make_train(setup: BanditSetup):
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             state = modeseek.TrainState(optax.apply_updates(state.params, updates), opt_state,
                                         state.step + 1)
-            # Winner/loser log-ratios of the minibatch's ranked pairs, before this step.
-            pairs = ranked_pairs_mask(minibatch["rewards"], threshold=knobs["threshold"])
-            metrics = pair_logratio_metrics(logps, minibatch["ref_logps"], pairs)
-            metrics.update(loss=loss, grad_norm=optax.tree.norm(grads), fresh_batch=fresh)
+            # Only the last step of each `eval_every` block is logged: the gradient norm (a
+            # pass over all parameters) and the winner/loser log-ratios of the minibatch's
+            # ranked pairs (before this step) are computed there only. `s` is the scan index,
+            # never batched, so under vmap this stays a branch rather than a select.
+            def logged():
+                pairs = ranked_pairs_mask(minibatch["rewards"], threshold=knobs["threshold"])
+                return pair_logratio_metrics(logps, minibatch["ref_logps"], pairs) | {
+                    "grad_norm": optax.tree.norm(grads)}
+
+            logged_metrics = jax.eval_shape(logged)
+            metrics = jax.lax.cond(
+                (s + 1) % setup.eval_every == 0, logged,
+                lambda: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), logged_metrics))
+            metrics.update(loss=loss, fresh_batch=fresh)
             return (state, behaviour), metrics
 
         def block(carry, b):
