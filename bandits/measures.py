@@ -7,8 +7,14 @@ A run's curves are sampled every `eval_every` gradient steps: entry k is the met
   (None = never; resolution `eval_every` steps); reward queries to 0.9 likewise;
 - reward at steps 25, 50, 100, 200 (those ≤ the run's length) and the final reward;
 - mean reward over training (the area under the curve / steps: the lr-selection criterion);
-- stuck: final reward < 0.99·max AND final entropy < 0.05 nats — the policy has collapsed onto
-  one action that is not the peak, so on-policy samples all tie and most gradients vanish.
+- collapsed: final entropy < 0.05 nats (the policy sits on one action);
+- stuck: collapsed AND final reward < 0.98·max — on an action that is not the peak or next to
+  it, so on-policy samples all tie and most gradients vanish (the paper's on-policy IPO stall
+  at action 68 or 72, reward e^{−0.04} = 0.961). 0.98 rather than issue 9's 0.99: on the
+  width-10 bumps the peak's neighbours give e^{−0.01} = 0.990·max, and a collapse onto them
+  ends at 0.989–0.990 (the leftover mass), either side of 0.99 by float noise; such a run has
+  converged to within 1% of the optimum, and counting it as stuck made the report say
+  "stuck 6/10" beside a median final reward of 0.989.
 
 Summaries over seeds are medians with the interquartile range; a run that never reaches 0.9
 counts as +∞ steps (so medians stay honest rather than dropping it).
@@ -19,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 EARLY_STEPS = (25, 50, 100, 200)
-STUCK_REWARD_FRACTION = 0.99
+STUCK_REWARD_FRACTION = 0.98
 STUCK_ENTROPY = 0.05
 
 
@@ -30,7 +36,7 @@ def first_reach(curve, threshold):
 
 
 def is_stuck(final_reward, final_entropy, max_reward):
-    """True when the policy collapsed (entropy < 0.05) short of 0.99·max reward."""
+    """True when the policy collapsed (entropy < 0.05) short of 0.98·max reward."""
     return bool(final_reward < STUCK_REWARD_FRACTION * max_reward
                 and final_entropy < STUCK_ENTROPY)
 
@@ -46,6 +52,7 @@ def run_measures(reward_curve, entropy_curve, queries_curve, *, eval_every, max_
         "final_entropy": float(entropy_curve[-1]),
         "mean_reward": float(reward_curve.mean()),
         "reward_queries": int(queries_curve[-1]),
+        "collapsed": bool(entropy_curve[-1] < STUCK_ENTROPY),
         "stuck": is_stuck(float(reward_curve[-1]), float(entropy_curve[-1]), max_reward),
     }
     for step in EARLY_STEPS:

@@ -62,10 +62,12 @@ def _stuck_runs(records):
             key = (r["study"], r["reward"], r["algorithm"], r["learning_rate"], r["reuse"],
                    r["prompts_per_batch"])
             groups.setdefault(key, []).append(r)
+    near = sum(r.get("collapsed", False) and not r["stuck"] for r in records)
     lines = [f"{sum(len(g) for g in groups.values())} of {len(records)} runs are stuck "
-             "(final reward < 0.99·max and final entropy < 0.05: collapsed onto one action "
-             "short of the peak). By name (study, reward, method, lr, T, B: seed → final "
-             "reward @ action):", ""]
+             "(final entropy < 0.05 and final reward < 0.98·max: collapsed onto one action "
+             f"that is not the peak or next to it); {near} more collapsed onto the peak or a "
+             "neighbour (≥ 0.98·max: converged). Stuck runs by name (study, reward, method, "
+             "lr, T, B: seed → final reward @ action):", ""]
     for (study, reward, alg, lr, t, b), rs in sorted(groups.items()):
         lines.append(f"- {study}, {reward}, {alg}, lr {lr:g}, T={t}, B={b}: " + ", ".join(
             f"seed {r['seed']} → {r['final_reward']:.3f} @ {r['peak_action']}" for r in rs))

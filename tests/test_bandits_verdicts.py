@@ -19,13 +19,15 @@ def _curves(final_reward, final_entropy, k=40):
     (0.60, 0.04, True),     # collapsed far from the peak
     (0.995, 0.001, False),  # collapsed onto the peak: converged, not stuck
     (0.96, 0.30, False),    # short of the peak but still spread: still learning
-    (0.989, 0.049, True),   # just inside both thresholds
-    (0.99, 0.01, False),    # exactly 0.99·max is not below it
+    (0.979, 0.049, True),   # just inside both thresholds
+    (0.989, 0.001, False),  # collapsed next to the peak (r(69) = e^{-0.01}): converged
+    (0.98, 0.01, False),    # exactly 0.98·max is not below it
 ])
 def test_stuck_detector_on_constructed_curves(final_reward, final_entropy, stuck):
     m = measures.run_measures(*_curves(final_reward, final_entropy), eval_every=5,
                               max_reward=1.0)
     assert m["stuck"] is stuck
+    assert m["collapsed"] is (final_entropy < 0.05)
     assert m["final_reward"] == pytest.approx(final_reward)
 
 
