@@ -207,6 +207,11 @@ def _mesh(num_devices):
     return Mesh(np.array(devices[:n]), ("runs",))
 
 
+# LLVM at -O1 instead of XLA:CPU's default -O3: on the study's programs this halves compile
+# CPU time (main program 18.7 → 10.4 CPU-s) and the run-steps measured no slower (0.74 vs 0.76
+# CPU-ms, within noise). Fixed for every run, so numbers never depend on it varying.
+COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+
 _INIT = {}  # (policy, reference, SFT settings) -> (jitted vmapped init, {seed: params})
 
 
@@ -226,7 +231,8 @@ def initial_params(setup: BanditSetup, seed_list, sharding=None):
         keys = jax.vmap(jax.random.key)(jnp.asarray(padded))
         if sharding is not None:
             keys = jax.device_put(keys, sharding)
-        params, _ = jax.device_get(init(keys))
+        params, _ = jax.device_get(
+            init.lower(keys).compile(compiler_options=COMPILER_OPTIONS)(keys))
         for i, s in enumerate(missing):
             cache[s] = jax.tree.map(lambda x, i=i: x[i], params)
     return jax.tree.map(lambda *xs: np.stack(xs), *[cache[s] for s in seed_list])
@@ -296,7 +302,8 @@ class Runner:
         runs_axis = jax.tree.map(lambda x: spec(x, self.sharding), (keys, params, rewards, knobs))
         t0 = time.perf_counter()
         self._compiled = self._train.lower(
-            *runs_axis, spec(algorithm, NamedSharding(self.mesh, PartitionSpec()))).compile()
+            *runs_axis, spec(algorithm, NamedSharding(self.mesh, PartitionSpec()))).compile(
+                compiler_options=COMPILER_OPTIONS)
         self.timings["compile_s"] += time.perf_counter() - t0
 
     def run(self, runs, progress=None):

@@ -63,7 +63,7 @@ def get_config(arg: str = ""):
     c.lr_grid = (3e-3, 1e-2, 3e-2)
     c.selection_seeds = 5           # held out: choose each method's best lr
     c.verdict_seeds = 10            # judge every finding
-    c.num_steps = 150
+    c.num_steps = 100
     c.eval_every = 5                # exact metrics every this many gradient steps
     # Under on-policy training the MLP's output barely depends on the prompt (recorded per run
     # as final_reward_prompt_std), so 10 evaluation prompts give the 100-prompt metric.
