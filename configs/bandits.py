@@ -49,13 +49,18 @@ OFFLINE = ("offline_ipo", "offline_dpo", "pref_ft", "offline_bofn", "offline_rwr
 # mode-covering offline objectives whose exact ceilings the report shows beside their curves.
 R2_METHODS = ("onpolicy_bofn", "onpolicy_ipo", "onpolicy_dpo", "offline_bofn", "offline_ipo",
               "offline_dpo", "pref_ft", "offline_rwr")
+# The geometry map's method set: every cell of the 2×2 (on-policy × negative gradient), with
+# REINFORCE (T = 1) beside the T = 15 on-policy methods and Pref-FT as plain supervised tuning.
+GEOMETRY_METHODS = ("onpolicy_ipo", "reinforce", "onpolicy_bofn", "offline_dpo", "offline_ipo",
+                    "offline_bofn", "pref_ft")
 # Per-algorithm overrides of the objective hyperparameters below (the authors' offline IPO
 # reward-gap threshold).
 OVERRIDES = {"offline_ipo": {"threshold": 0.2}}
 
 
 def get_config(arg: str = ""):
-    """arg: "" (the full study), "quick" (fewer seeds and runs) or "smoke" (for tests)."""
+    """arg: "" (the full study), "quick" (fewer seeds and runs), "smoke" (for tests) or
+    "geometry" (the geometry map, bandits/geometry.py)."""
     c = ml_collections.ConfigDict()
     c.policy = "mlp"                # "mlp" (the authors') or "tabular" (exact logits)
     c.reference = "exact"           # or "sampled": the authors' 10k-draw histogram
@@ -88,7 +93,17 @@ def get_config(arg: str = ""):
     c.batch_ablation = ml_collections.ConfigDict(dict(
         algorithms=("onpolicy_bofn", "onpolicy_ipo"), grid=(1, 4, 16, 64), reward="R1"))
 
-    if arg == "quick":
+    if arg == "geometry":
+        # The geometry map (python -m bandits --config=configs/bandits.py:geometry): the
+        # study's base settings above, a different table (see the module docstring).
+        for field in ("methods", "lr_grid", "selection_seeds", "verdict_seeds",
+                      "reuse_ablation", "batch_ablation"):
+            del c[field]
+        c.geometry = ml_collections.ConfigDict(dict(
+            peaks=tuple(range(0, 100, 5)), widths=(10.0, 30.0), methods=GEOMETRY_METHODS,
+            learning_rates=ml_collections.ConfigDict({m: 0.03 for m in GEOMETRY_METHODS}),
+            seeds=5))
+    elif arg == "quick":
         c.selection_seeds = 2
         c.verdict_seeds = 3
         c.lr_grid = (3e-3, 1e-2)
@@ -105,6 +120,6 @@ def get_config(arg: str = ""):
         c.batch_ablation.grid = (1, 2)
     elif arg:
         raise ValueError(f"unknown configs/bandits.py argument {arg!r}; "
-                         "use '', 'quick' or 'smoke'")
+                         "use '', 'quick', 'smoke' or 'geometry'")
     c.lock()
     return c
