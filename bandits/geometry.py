@@ -125,11 +125,13 @@ def run(config, progress=None):
 def diagnostics(config):
     """{(peak, width): (exact measures as floats, modeseek.Recommendation)}."""
     ref = np.log(env.reference_policy())
-    out = {}
-    for peak, width in geometries(config):
-        m = modeseek.diagnose_categorical(ref, env.bump_reward(peak, width),
+    geoms = geometries(config)
+    rewards = np.stack([env.bump_reward(p, w) for p, w in geoms])  # [G, A]: one batched call
+    batch = modeseek.diagnose_categorical(np.broadcast_to(ref, rewards.shape), rewards,
                                           beta=config.pi_star_beta)
-        m = {k: float(v) for k, v in m.items()} | {"ref_peak": float(np.exp(ref[peak]))}
+    out = {}
+    for i, (peak, width) in enumerate(geoms):
+        m = {k: float(v[i]) for k, v in batch.items()} | {"ref_peak": float(np.exp(ref[peak]))}
         out[(peak, width)] = (m, modeseek.recommend(m))
     return out
 
@@ -153,7 +155,8 @@ def geometry_row(final, steps, predicted):
     """One geometry's verdict from per-method median final reward `final` and median steps to
     0.9 `steps` ({method: value}, never = ∞) and the recommended class `predicted`.
     neg_gain_steps_onpolicy = fewest steps without − with a negative gradient (on-policy;
-    ∞ − ∞ = nan)."""
+    ∞ − ∞ = nan); steps_regret = fewest steps to 0.9 among the recommended class's methods
+    within the margin of the best final reward − the winner's (∞: none of them is)."""
     top = max(final.values())
     on_neg = [n for n in final if _cell(n) == (True, True)]
     on_pos = [n for n in final if _cell(n) == (True, False)]
@@ -171,7 +174,9 @@ def geometry_row(final, steps, predicted):
     allowed = off if predicted == "offline_adequate" else on_neg
     return dict(best_final=top, winner=winner, winner_cell=_cell(winner), measured=measured,
                 predicted=predicted, correct=measured == predicted,
-                regret=top - _best(final, allowed),
+                winner_in_class=winner in allowed, regret=top - _best(final, allowed),
+                steps_regret=_fewest(steps, [n for n in allowed if n in near]) - steps[winner],
+                offline_no_negative_adequate=_best(final, off_pos) >= top - MARGIN,
                 onpolicy_gain=_best(final, on_neg + on_pos) - _best(final, off),
                 neg_gain_onpolicy=_best(final, on_neg) - _best(final, on_pos),
                 neg_gain_steps_onpolicy=_fewest(steps, on_pos) - _fewest(steps, on_neg),
@@ -198,8 +203,9 @@ def table(records, config, diag=None):
 
 def accuracy(rows):
     """Summary of the recommendation over geometry rows: accuracy (predicted class = measured
-    class), regret (median and max reward left on the table), missed savings (on-policy
-    recommended where offline was adequate), and the confusion counts."""
+    class), how often the single winner lies in the recommended class, regret (median and max
+    reward left on the table), missed savings (on-policy recommended where offline was
+    adequate), and the confusion counts."""
     if not rows:
         raise ValueError("accuracy needs at least one geometry row")
     regret = np.array([r["regret"] for r in rows], np.float64)
@@ -209,6 +215,7 @@ def accuracy(rows):
         confusion[key] = confusion.get(key, 0) + 1
     return dict(n=len(rows), correct=sum(r["correct"] for r in rows),
                 accuracy=float(np.mean([r["correct"] for r in rows])),
+                winner_in_class=sum(r["winner_in_class"] for r in rows),
                 regret_median=float(np.median(regret)), regret_max=float(regret.max()),
                 regret_over_margin=int(np.sum(regret > MARGIN)),
                 missed_savings=sum(r["missed_saving"] for r in rows), confusion=confusion)

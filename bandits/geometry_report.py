@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 import modeseek  # noqa: E402
 from bandits import env, geometry  # noqa: E402
@@ -48,7 +49,7 @@ def plot_map(rows, config, path):
         ax.set_xlabel("reward peak (action)")
         ax.set_ylabel("median final reward")
         ax.set_title(f"width {width:g}: grey = diagnose recommends on-policy + negative "
-                     "gradient; red × = recommendation ≠ measured class")
+                     "gradient; red × = recommendation ≠ measured class", fontsize=9)
         ax.grid(alpha=0.3)
         twin = ax.twinx()
         twin.semilogy(np.arange(len(ref)), ref, color="k", alpha=0.35, lw=1)
@@ -78,6 +79,7 @@ def plot_gains(rows, path):
                            label=f"width {w:g}")
             if log:
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())
             if xk == "ess_ratio":
                 ax.axvline(modeseek.diagnose.ALIGNED_ESS, color="k", ls=":", lw=1)
             ax.axhline(0, color="k", lw=0.5)
@@ -163,6 +165,11 @@ def write_report(path, rows, config, timings):
         f"the margin in {acc['regret_over_margin']} of {acc['n']}",
         f"- missed savings (on-policy recommended where offline was adequate): "
         f"{acc['missed_savings']} of {acc['n']}",
+        f"- the single winner (fewest steps to 0.9 within the margin of the best final reward) "
+        f"lies in the recommended class in {acc['winner_in_class']} of {acc['n']}; steps to "
+        f"0.9 lost by the best of the recommended class against the winner: median "
+        f"{fmt(np.median([r['steps_regret'] for r in rows]), 0)}, max "
+        f"{fmt(max(r['steps_regret'] for r in rows), 0)}",
         "",
         "## Where the paper's rule holds and where it fails",
         "",
@@ -183,6 +190,10 @@ def write_report(path, rows, config, timings):
         f"- The winner (fewest steps to 0.9 among methods within the margin of the best final "
         f"reward) has a negative gradient in {neg_wins} of {len(rows)} geometries and is "
         f"on-policy in {sum(r['winner_cell'][0] for r in rows)}.",
+        f"- Offline adequate in {sum(r['measured'] == 'offline_adequate' for r in rows)} of "
+        f"{len(rows)}; an offline method *without* a negative gradient (supervised: Best-of-N, "
+        f"Pref-FT) within the margin in "
+        f"{sum(r['offline_no_negative_adequate'] for r in rows)} of {len(rows)}.",
         "- Mismatches: " + ("none" if not wrong else "; ".join(
             f"peak {r['peak']} width {r['width']:g} (ESS/n {r['diagnose']['ess_ratio']:.3f}, "
             f"π_ref(peak) {r['diagnose']['ref_peak']:.4f}): recommended "
@@ -206,25 +217,38 @@ def write_report(path, rows, config, timings):
 
 
 def main(config, out, t0, cpu0, load):
-    """Run the map into the run folder `out`: results.json (every run's measures and each
-    geometry's row), map.png, gains.png, report.md; print the accuracy."""
+    """Run the map into the run folder `out` and `render` it; print the accuracy."""
     records, _, timings = geometry.run(config)
-    rows = geometry.table(records, config)
     timings.update(command_s=time.perf_counter() - t0, cpu_s=time.process_time() - cpu0,
                    load=f"{load:.2f}")
-    plot_map(rows, config, os.path.join(out, "map.png"))
-    plot_gains(rows, os.path.join(out, "gains.png"))
-    acc = write_report(os.path.join(out, "report.md"), rows, config, timings)
-    keep = ("peak", "width", "diagnose", "final", "steps", "winner", "measured", "predicted",
-            "correct", "regret", "onpolicy_gain", "neg_gain_onpolicy",
-            "neg_gain_steps_onpolicy", "neg_gain_offline", "best_final")
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"timings": timings, "accuracy": {k: v for k, v in acc.items()
-                                                   if k != "confusion"},
-                   "geometries": [{k: r[k] for k in keep} | {
-                       "advice": r["recommendation"].advice} for r in rows],
-                   "runs": [{k: v for k, v in r.items() if k != "final_probs"}
-                            for r in records]}, f, indent=1, default=float)
+    acc = render(config, out, records, timings)
     print(f"{timings['runs']} runs in {timings['command_s']:.1f} s wall ({timings['cpu_s']:.1f} "
           f"CPU-s, load {load:.2f}); recommendation accuracy {acc['correct']}/{acc['n']}, "
           f"median regret {acc['regret_median']:.3f} -> {os.path.join(out, 'report.md')}")
+
+
+def render(config, out, records, timings):
+    """Write results.json (every run's measures, each geometry's row), map.png, gains.png and
+    report.md into `out`; return the accuracy summary."""
+    rows = geometry.table(records, config)
+    plot_map(rows, config, os.path.join(out, "map.png"))
+    plot_gains(rows, os.path.join(out, "gains.png"))
+    acc = write_report(os.path.join(out, "report.md"), rows, config, timings)
+    drop = ("recommendation", "winner_cell")
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"timings": timings, "accuracy": {k: v for k, v in acc.items()
+                                                   if k != "confusion"},
+                   "geometries": [{k: v for k, v in r.items() if k not in drop}
+                                  | {"advice": r["recommendation"].advice} for r in rows],
+                   "runs": [{k: v for k, v in r.items() if k != "final_probs"}
+                            for r in records]}, f, indent=1, default=float)
+    return acc
+
+
+def rerender(config, run_folder, out):
+    """Re-render a finished map's run folder (its results.json: runs and timings) into `out`,
+    without re-running it (e.g. after a change to this report)."""
+    with open(os.path.join(run_folder, "results.json")) as f:
+        saved = json.load(f)
+    geometry.register_rewards(config)
+    return render(config, out, saved["runs"], saved["timings"])

@@ -18,6 +18,26 @@ Expected:  bandits/results/report.md (the committed report of this config). R1 (
            1.0. Verdicts: 1, 1b, 1c, 2b held; 2 held for 1 of 4 comparisons; 3 for 2 of 3;
            4 did not hold (spread 0.058 > 0.05: offline Best-of-N sits at its 0.940 ceiling).
 
+Geometry map (issue 14; bandits/geometry.py):
+Command:   python -m bandits --config=configs/bandits.py:geometry --out runs/geometry
+Table:     reward peak at every 5th action (0, 5, …, 95) × widths 10 and 30 = 40 geometries ×
+           7 methods (GEOMETRY_METHODS, every cell of the 2×2) × 5 seeds = 1,400 runs of the
+           settings above, one compiled program. Learning rates fixed at 0.03 for every
+           method: each one's best lr on R1 in the committed study (bandits/results/report.md,
+           where all 13 methods chose 0.03 on R1; on R2 four chose 0.01 and Pref-FT / offline
+           RWR 0.003, each beating 0.03 there by ≤ 0.025 median mean reward over training, its
+           lr table), so no lr is selected on the map's own seeds.
+Runtime:   measured 242 s wall (compile 11 s with a warm cache, SFT 6 s, runs 219 s) on the
+           shared 2-core CPU at load ≈ 3.8; on an idle machine about half. Every 10th action
+           halves it. Not measured on a GPU (the runs are ≈ 0.5 ms of work each step; expect
+           well under a minute, dominated by compilation).
+Expected:  bandits/results/geometry/report.md: the exact ESS/n (β = 0.1) recommends on-policy
+           + negative gradient for 22 of 40 geometries; accuracy 34/40 against the measured
+           class, all 6 misses on-policy recommended where offline DPO was within 0.02
+           (ESS/n between 0.055 and 0.091, just under the 0.1 threshold), reward left on the
+           table ≤ 0.004 everywhere; the on-policy gain falls with π_ref(peak) (Spearman
+           −0.90); offline methods without a negative gradient are adequate in 6 of 40 only.
+
 Design (issue 9): every method runs at every learning rate of `lr_grid` (a traced axis of the
 same compiled program) on `selection_seeds + verdict_seeds` seeds. Each method's best lr is
 chosen by the median, over the `selection_seeds` held-out seeds only, of its mean expected
