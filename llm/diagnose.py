@@ -64,7 +64,8 @@ def _prompt_ids(tokenizer, prompts, chat):
 
 def sample_reference(key, config, params, tokenizer, prompts, reward, *, samples,
                      max_new_tokens, chat):
-    """(log π_ref(y|x) [P, N], rewards [P, N]) for N samples per prompt at temperature 1."""
+    """(log π_ref(y|x) [P, N], rewards [P, N], response lengths [P, N], EOS included) for N
+    samples per prompt at temperature 1."""
     from llm.generate import fit_to_context
     from llm.reward_types import RewardInputs
 
@@ -81,7 +82,8 @@ def sample_reference(key, config, params, tokenizer, prompts, reward, *, samples
     inputs = RewardInputs(prompt_tokens=tokens, prompt_mask=mask.astype(bool),
                           response_tokens=np.asarray(out.response_tokens).reshape(P, samples, L),
                           response_mask=resp_mask.reshape(P, samples, L))
-    return logp.reshape(P, samples), reward(inputs).astype(np.float64)
+    return (logp.reshape(P, samples), reward(inputs).astype(np.float64),
+            resp_mask.sum(-1).reshape(P, samples))
 
 
 def data_logps(config, params, tokenizer, rows, *, chat, batch=16):
@@ -119,12 +121,20 @@ def _sequence_logps(params, tokens, attention_mask, loss_mask, *, config):
 
 
 def measures(logp, rewards, *, beta, data=None):
-    """Medians over prompts of `modeseek.diagnose_samples` (rewards min–max scaled to [0, 1]
-    over all samples); ks/overlap pooled over prompts when `data` (log π_ref [M]) is given."""
+    """Medians of `modeseek.diagnose_samples` over the prompts whose reward varies across
+    their samples (a constant reward carries no C1 information: ESS/n would read 1), rewards
+    min–max scaled to [0, 1] over all samples; ks/overlap pooled over prompts when `data`
+    (log π_ref [M]) is given. ValueError when no prompt's reward varies."""
+    varies = np.ptp(rewards, axis=1) > 0
+    if not varies.any():
+        raise ValueError("the reward is constant over every prompt's samples: nothing to "
+                         "diagnose (e.g. every response hit --max-new-tokens; raise it, or "
+                         "--samples)")
     span = rewards.max() - rewards.min()
-    scaled = (rewards - rewards.min()) / (span if span > 0 else 1.0)
-    per_prompt = modeseek.diagnose_samples(logp, scaled, beta=beta)
+    scaled = (rewards - rewards.min()) / span
+    per_prompt = modeseek.diagnose_samples(logp[varies], scaled[varies], beta=beta)
     out = {k: float(np.nanmedian(np.asarray(v))) for k, v in per_prompt.items()}
+    out["prompts_used"] = float(varies.sum())
     if data is not None:
         out["ks"] = float(modeseek.coverage_ks(data, logp.reshape(-1)))
         out["overlap"] = float(modeseek.coverage_overlap(data, logp.reshape(-1)))
@@ -222,11 +232,16 @@ def main(argv=None) -> int:
     config, params, tokenizer = load(args.model)
     reward = rewards.build_reward(spec, tokenizer=tokenizer)
     chat = not args.no_chat and getattr(tokenizer, "chat_template", None) is not None
-    logp, scores = sample_reference(jax.random.key(args.seed), config, params, tokenizer,
-                                    prompts, reward, samples=args.samples,
-                                    max_new_tokens=args.max_new_tokens, chat=chat)
+    logp, scores, lengths = sample_reference(
+        jax.random.key(args.seed), config, params, tokenizer, prompts, reward,
+        samples=args.samples, max_new_tokens=args.max_new_tokens, chat=chat)
     data = None if rows is None else data_logps(config, params, tokenizer, rows, chat=chat)
-    m = measures(logp, scores, beta=args.beta, data=data)
+    try:
+        m = measures(logp, scores, beta=args.beta, data=data)
+    except ValueError as e:
+        parser.error(str(e))
+    # responses cut at --max-new-tokens: a length reward is censored there
+    m["truncated_fraction"] = float(np.mean(lengths >= args.max_new_tokens))
     rec = modeseek.recommend(m, planned_reuse=args.planned_reuse)
     os.makedirs(args.out, exist_ok=True)
     write_outputs(args.out, logp, scores, m, rec, vars(args), data)

@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 import modeseek
 from llm import diagnose
@@ -35,7 +36,10 @@ def test_tiny_model_end_to_end(tmp_path, capsys):
     assert logp.shape == rewards.shape == (2, 6) and np.all(logp <= 0)
     assert np.all(rewards >= 0) and np.std(rewards) > 0  # characters of ≤ 6 random bytes
     scaled = (rewards - rewards.min()) / (rewards.max() - rewards.min())
-    want = modeseek.diagnose_samples(logp, scaled, beta=0.1)
+    varies = np.ptp(rewards, axis=1) > 0
+    want = modeseek.diagnose_samples(logp[varies], scaled[varies], beta=0.1)
+    assert saved["measures"]["prompts_used"] == varies.sum() >= 1
+    assert 0 <= saved["measures"]["truncated_fraction"] <= 1
     for key, value in want.items():
         np.testing.assert_allclose(saved["measures"][key], np.nanmedian(np.asarray(value)),
                                    rtol=1e-5, err_msg=key)
@@ -66,3 +70,17 @@ def test_reward_spec_kinds():
     assert (spec.kind, spec.rule, spec.mode) == ("rule", "neg_length_distance", 7.0)
     assert diagnose.reward_spec("fn:tests.reward_fns:count_a").fn == "tests.reward_fns:count_a"
     assert diagnose.reward_spec("model:/some/path").path == "/some/path"
+
+
+def test_measures_skip_prompts_whose_reward_is_constant():
+    rng = np.random.default_rng(0)
+    logp = rng.normal(-50, 10, (3, 8))
+    rewards = np.stack([np.full(8, -48.0), rng.normal(size=8), rng.normal(size=8)])
+    got = diagnose.measures(logp, rewards, beta=0.1)
+    scaled = (rewards - rewards.min()) / np.ptp(rewards)
+    want = modeseek.diagnose_samples(logp[1:], scaled[1:], beta=0.1)
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key], np.median(np.asarray(value)), rtol=1e-5)
+    assert got["prompts_used"] == 2
+    with pytest.raises(ValueError, match="constant over every prompt"):
+        diagnose.measures(logp, np.full((3, 8), -48.0), beta=0.1)
