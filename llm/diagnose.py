@@ -166,6 +166,11 @@ def write_outputs(out, logp, rewards, m, rec, args_dict, data=None):
              "scaled to [0, 1]" + ("" if data is None else f"; {len(data)} preference-data "
                                    "responses for C2") + ".", "",
              f"**Recommendation: {rec.method_class}**", ""]
+    cut = m.get("truncated_fraction", 0.0)
+    if cut > 0.5:
+        lines += [f"Warning: {cut:.0%} of the responses hit the {args_dict['max_new_tokens']}-"
+                  "token limit; a length reward is censored there, and C1 uses only the "
+                  f"{m['prompts_used']:.0f} of {len(logp)} prompts whose reward varied.", ""]
     lines += [f"- {a}" for a in rec.advice] + ["", "Reasons:", ""]
     lines += [f"- {r}" for r in rec.reasons] + ["", "| measure | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4g} |" for k, v in m.items()]
