@@ -1,4 +1,5 @@
-"""python -m bandits [--config=configs/bandits.py[:quick]] [--config.verdict_seeds=10] [--out DIR]
+"""python -m bandits [--config=configs/bandits.py[:quick|:geometry]] [--config.verdict_seeds=10]
+                    [--out DIR]
 
 Runs the bandit study and writes DIR/{config.json, results.json, metrics.npz, *.png,
 report.md}. On a CPU the run table is split over the host's cores as separate XLA devices
@@ -18,7 +19,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 import configs  # noqa: E402
-from bandits import plots, report, study  # noqa: E402
+from bandits import geometry, geometry_report, plots, report, study  # noqa: E402
 from modeseek._checks import check_new_run_folder  # noqa: E402
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(configs.__file__), "bandits.py")
@@ -30,7 +31,8 @@ def main(argv):
     del argv
     t0, cpu0, load = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     config = _CONFIG.value
-    study.validate(config)
+    is_map = "geometry" in config  # configs/bandits.py:geometry, the geometry map
+    (geometry.validate if is_map else study.validate)(config)
     study.enable_compilation_cache(os.environ.get("BANDITS_JAX_CACHE", "runs/.jax_cache"))
     out = _OUT.value or os.path.join("runs", time.strftime("bandits-%Y%m%d-%H%M%S"))
     try:
@@ -40,6 +42,8 @@ def main(argv):
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
+    if is_map:
+        return geometry_report.main(config, out, t0, cpu0, load)
     records, curves, best, timings = study.run_study(config)
     study.save(out, records, curves, best, timings)
     plots.reward_curves(records, curves, best, config, os.path.join(out, "reward_vs_steps.png"))

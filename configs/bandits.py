@@ -21,6 +21,26 @@ Expected:  bandits/results/report.md (the committed report of this config). R1 (
            at 2 of 3 step sizes for 2 of 3 pairs (all three tie or are never reached at the
            smallest); 4 did not hold (spread > 0.05: offline Best-of-N and IPO sit at ≈ 0.95).
 
+Geometry map (issue 14; bandits/geometry.py):
+Command:   python -m bandits --config=configs/bandits.py:geometry --out runs/geometry
+Table:     reward peak at every 5th action (0, 5, …, 95) × widths 10 and 30 = 40 geometries ×
+           7 methods (GEOMETRY_METHODS, every cell of the 2×2) × 5 seeds = 1,400 runs of the
+           settings above, one compiled program. Learning rates fixed at 0.03 for every
+           method: each one's best lr on R1 in the committed study (bandits/results/report.md,
+           where all 13 methods chose 0.03 on R1; on R2 four chose 0.01 and Pref-FT / offline
+           RWR 0.003, each beating 0.03 there by ≤ 0.025 median mean reward over training, its
+           lr table), so no lr is selected on the map's own seeds.
+Runtime:   measured 242 s wall (compile 11 s with a warm cache, SFT 6 s, runs 219 s) on the
+           shared 2-core CPU at load ≈ 3.8; on an idle machine about half. Every 10th action
+           halves it. Not measured on a GPU (the runs are ≈ 0.5 ms of work each step; expect
+           well under a minute, dominated by compilation).
+Expected:  bandits/results/geometry/report.md: the exact ESS/n (β = 0.1) recommends on-policy
+           + negative gradient for 22 of 40 geometries; accuracy 34/40 against the measured
+           class, all 6 misses on-policy recommended where offline DPO was within 0.02
+           (ESS/n between 0.055 and 0.091, just under the 0.1 threshold), reward left on the
+           table ≤ 0.004 everywhere; the on-policy gain falls with π_ref(peak) (Spearman
+           −0.90); offline methods without a negative gradient are adequate in 6 of 40 only.
+
 Design (issue 9): every method runs at every learning rate of `lr_grid` (a traced axis of the
 same compiled program) on `selection_seeds + verdict_seeds` seeds. Each method's best lr is
 chosen by the median, over the `selection_seeds` held-out seeds only, of its mean expected
@@ -50,13 +70,18 @@ OFFLINE = ("offline_ipo", "offline_dpo", "pref_ft", "offline_bofn", "offline_rwr
 # mode-covering offline objectives whose exact ceilings the report shows beside their curves.
 R2_METHODS = ("onpolicy_bofn", "onpolicy_ipo", "onpolicy_dpo", "offline_bofn", "offline_ipo",
               "offline_dpo", "pref_ft", "offline_rwr")
+# The geometry map's method set: every cell of the 2×2 (on-policy × negative gradient), with
+# REINFORCE (T = 1) beside the T = 15 on-policy methods and Pref-FT as plain supervised tuning.
+GEOMETRY_METHODS = ("onpolicy_ipo", "reinforce", "onpolicy_bofn", "offline_dpo", "offline_ipo",
+                    "offline_bofn", "pref_ft")
 # Per-algorithm overrides of the objective hyperparameters below (the authors' offline IPO
 # reward-gap threshold).
 OVERRIDES = {"offline_ipo": {"threshold": 0.2}}
 
 
 def get_config(arg: str = ""):
-    """arg: "" (the full study), "quick" (fewer seeds and runs) or "smoke" (for tests)."""
+    """arg: "" (the full study), "quick" (fewer seeds and runs), "smoke" (for tests) or
+    "geometry" (the geometry map, bandits/geometry.py)."""
     c = ml_collections.ConfigDict()
     c.policy = "mlp"                # "mlp" (the authors') or "tabular" (exact logits)
     c.reference = "exact"           # or "sampled": the authors' 10k-draw histogram
@@ -89,7 +114,17 @@ def get_config(arg: str = ""):
     c.batch_ablation = ml_collections.ConfigDict(dict(
         algorithms=("onpolicy_bofn", "onpolicy_ipo"), grid=(1, 4, 16, 64), reward="R1"))
 
-    if arg == "quick":
+    if arg == "geometry":
+        # The geometry map (python -m bandits --config=configs/bandits.py:geometry): the
+        # study's base settings above, a different table (see the module docstring).
+        for field in ("methods", "lr_grid", "selection_seeds", "verdict_seeds",
+                      "reuse_ablation", "batch_ablation"):
+            del c[field]
+        c.geometry = ml_collections.ConfigDict(dict(
+            peaks=tuple(range(0, 100, 5)), widths=(10.0, 30.0), methods=GEOMETRY_METHODS,
+            learning_rates=ml_collections.ConfigDict({m: 0.03 for m in GEOMETRY_METHODS}),
+            seeds=5))
+    elif arg == "quick":
         c.selection_seeds = 2
         c.verdict_seeds = 3
         c.lr_grid = (3e-3, 1e-2)
@@ -106,6 +141,6 @@ def get_config(arg: str = ""):
         c.batch_ablation.grid = (1, 2)
     elif arg:
         raise ValueError(f"unknown configs/bandits.py argument {arg!r}; "
-                         "use '', 'quick' or 'smoke'")
+                         "use '', 'quick', 'smoke' or 'geometry'")
     c.lock()
     return c

@@ -35,6 +35,24 @@ from modeseek.decoder import (
     score,
     token_values,
 )
+from modeseek.diagnose import (
+    Recommendation,
+    coverage_ks,
+    coverage_ks_exact,
+    coverage_overlap,
+    coverage_overlap_exact,
+    diagnose_categorical,
+    diagnose_samples,
+    ess_ratio,
+    ess_ratio_exact,
+    kl_opt_ref,
+    kl_opt_ref_exact,
+    recommend,
+    spearman,
+    spearman_exact,
+    top_k_quantile,
+    top_quantile_exact,
+)
 from modeseek.engine import (
     PolicyModel,
     Rollout,

@@ -23,6 +23,8 @@ import os
 
 import numpy as np
 
+from synthetic import diagnose
+
 EARLY_STEPS_DEFAULT = (10, 20, 40)
 
 
@@ -279,9 +281,10 @@ def findings(study):
 
 
 def _meta_line(t, m):
-    skip = ("rm_score_by_length", "rm_count_by_length")
+    skip = ("rm_score_by_length", "rm_count_by_length")  # diagnose_*: their own table
     return f"- **{t}**: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                                      for k, v in m.items() if k not in skip)
+                                      for k, v in m.items()
+                                      if k not in skip and not k.startswith("diagnose_"))
 
 
 def write_report(path, config, records, curves, info, plots):
@@ -304,6 +307,7 @@ def write_report(path, config, records, curves, info, plots):
               f"Reference SFT loss {ref.get('sft_loss_first', float('nan')):.3f} → "
               f"{ref.get('sft_loss_last', float('nan')):.3f}.", ""]
     lines += [_meta_line(t, m) for t, m in info["tasks"].items()]
+    lines += diagnose.report_lines(info["tasks"])
     for t in config.tasks:
         lines += ["", f"## {t}", "", table(study, t)]
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]

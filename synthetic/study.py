@@ -20,7 +20,7 @@ import tqdm
 
 import modeseek
 from modeseek.sampler import sample
-from synthetic import models, tasks
+from synthetic import diagnose, models, tasks
 from synthetic.report import curve_key
 from synthetic.train import SUPPORTED, Setup, TaskData, hparams_of, make_train
 
@@ -250,6 +250,8 @@ def build_tasks(config, cache_dir, log=print):
         for t, (data, meta) in built.items():
             meta.update(rm_on_reference(cfg, data.rm_params, pairs, t, meta["mode"],
                                         config.data.max_new_tokens))
+            meta.update(diagnose.task_diagnostic(cfg, ref, pairs, data.offline, t,
+                                                 meta["mode"], config.data.prompt_len))
             log(f"{t}: proxy RM accuracy on {meta['rm_ref_pairs']} gold-labelled π_ref pairs "
                 f"{meta['rm_ref_accuracy']:.3f}; score falls with length: "
                 f"{meta['rm_ref_monotone']}")
