@@ -45,6 +45,7 @@ import functools
 import math
 from typing import Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -203,6 +204,9 @@ def forward(params: Params, config: DecoderConfig, tokens_BxL: jax.Array, *,
             attention_mask_BxL: jax.Array | None = None, positions_BxL: jax.Array | None = None,
             return_hidden: bool = False):
     """Logits BxLxV (float32) at every position; logits at t predict token t+1."""
+    chex.assert_rank(tokens_BxL, 2)
+    if attention_mask_BxL is not None:
+        chex.assert_equal_shape([tokens_BxL, attention_mask_BxL])
     B, L = tokens_BxL.shape
     if attention_mask_BxL is None:
         attention_mask_BxL = jnp.ones((B, L), bool)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -128,6 +129,7 @@ class Rollout(NamedTuple):
 def generate(key, policy: PolicyModel, params, prompt_tokens, prompt_mask, *,
              sampling: Sampling, samples_per_prompt: int) -> SampleOutput:
     """N samples for each of P prompts, rows prompt-major (row p·N + i is sample i of p)."""
+    chex.assert_rank([prompt_tokens, prompt_mask], 2)
     tokens = jnp.repeat(prompt_tokens, samples_per_prompt, axis=0)
     mask = jnp.repeat(prompt_mask, samples_per_prompt, axis=0)
     return sample(key, policy.decoder_params(params), policy.config, tokens, mask,
@@ -149,7 +151,9 @@ def score_rollout(policy: PolicyModel, params, ref_params, samples: SampleOutput
     """The one scoring pass: reference log-probs (one forward), the sampler's behaviour
     log-probs and mask, old values (one policy forward, token-level algorithms only), rewards
     [P, N] computed by the caller (any reward: a model, a rule, a host function)."""
+    chex.assert_rank(rewards, 2)
     P, N = rewards.shape
+    chex.assert_shape(samples.tokens, (P * N, None))
     tokens, mask = samples.tokens, samples.mask.astype(bool)
     response_mask = _aligned(samples, samples.response_mask.astype(bool), False)
     ref_logits = dec.forward(ref_params, policy.config, tokens, attention_mask_BxL=mask)

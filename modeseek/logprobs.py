@@ -17,6 +17,7 @@ logits' dtype.
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -96,6 +97,7 @@ def sampled_token_logprobs(logits, tokens, mask=None, *, temperature=1.0, keep_b
 
 def categorical_logprobs(logits, actions):
     """log softmax(logits)[action] for one-step (bandit) policies: [..., A], [...] → [...]."""
+    chex.assert_rank(logits, actions.ndim + 1)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     return jnp.take_along_axis(logp, actions[..., None], axis=-1)[..., 0]
 

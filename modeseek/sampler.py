@@ -38,6 +38,7 @@ import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -293,6 +294,8 @@ def sample(key: jax.Array, params, config: dec.DecoderConfig, prompt_tokens_BxP:
            pad_id: int = 0) -> SampleOutput:
     check_sampling_args(temperature=temperature, top_k=top_k, top_p=top_p,
                         max_new_tokens=max_new_tokens, max_len=config.max_len)
+    chex.assert_rank(prompt_tokens_BxP, 2)
+    chex.assert_equal_shape([prompt_tokens_BxP, prompt_mask_BxP])
     B, P = prompt_tokens_BxP.shape
     prompt_mask_BxP = prompt_mask_BxP.astype(bool)
     last_B = dec.last_token_index(prompt_mask_BxP)

@@ -2,6 +2,7 @@
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -208,3 +209,21 @@ def test_bad_label_smoothing(eps):
         ms.robust_dpo_loss(*H2, beta=0.1, label_smoothing=eps)
     with pytest.raises(ValueError, match="label_smoothing"):
         ms.bradley_terry_loss(jnp.zeros(2), jnp.zeros(2), label_smoothing=eps)
+
+
+class HandValuesVariants(chex.TestCase):
+    """The same hand values with and without jit (chex's variants, as optax/rlax test)."""
+
+    @chex.all_variants(with_pmap=False)
+    def test_dpo_ipo_hand_values(self):
+        dpo = self.variant(functools.partial(ms.dpo_loss, beta=0.5))
+        ipo = self.variant(functools.partial(ms.ipo_loss, tau=0.5))
+        # h = 2: DPO −log σ(β·h) = log(1 + e^−1) = 0.31326169; IPO (2 − 1/(2·0.5))² = 1
+        chex.assert_trees_all_close((dpo(*H2), ipo(*H2)), (0.31326169, 1.0), atol=1e-6)
+
+    @chex.all_variants(with_pmap=False)
+    def test_batched_shape_is_per_example(self):
+        x = _random(shape=(4, 3))
+        out = self.variant(functools.partial(ms.dpo_loss, beta=0.1))(*x)
+        chex.assert_shape(out, (4, 3))
+        chex.assert_tree_all_finite(out)

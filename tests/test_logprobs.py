@@ -172,3 +172,12 @@ def test_masked_mean_where_equals_slicing(wrap):
     np.testing.assert_allclose(ms.masked_mean(x, w[:1], axis=-1),
                                ref.masked_mean(x, np.broadcast_to(w[:1], x.shape), axis=-1),
                                atol=1e-6)
+
+
+def test_categorical_logprobs_checks_rank_at_the_boundary():
+    # chex.assert_rank at the API boundary: logits must have one more axis than actions.
+    logits = jnp.zeros((2, 5))
+    with pytest.raises(AssertionError, match="rank"):
+        ms.categorical_logprobs(logits, jnp.zeros((2, 3), jnp.int32))
+    np.testing.assert_allclose(ms.categorical_logprobs(logits, jnp.array([0, 4])),
+                               [-np.log(5)] * 2, rtol=1e-6)
