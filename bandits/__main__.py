@@ -16,6 +16,7 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
                                f"device_count={min(os.cpu_count() or 1, 8)}").strip()
 
 from absl import app, flags  # noqa: E402
+from etils import epath  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 import configs  # noqa: E402
@@ -34,38 +35,34 @@ def main(argv):
     is_map = "geometry" in config  # configs/bandits.py:geometry, the geometry map
     (geometry.validate if is_map else study.validate)(config)
     study.enable_compilation_cache(os.environ.get("BANDITS_JAX_CACHE", "runs/.jax_cache"))
-    out = _OUT.value or os.path.join("runs", time.strftime("bandits-%Y%m%d-%H%M%S"))
+    out = epath.Path(_OUT.value or f"runs/{time.strftime('bandits-%Y%m%d-%H%M%S')}")
     try:
         check_new_run_folder(out)
     except FileExistsError as e:
         sys.exit(f"error: {e}")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(config.to_json_best_effort(indent=2))
     if is_map:
         return geometry_report.main(config, out, t0, cpu0, load)
     records, curves, best, timings = study.run_study(config)
     study.save(out, records, curves, best, timings)
-    plots.reward_curves(records, curves, best, config, os.path.join(out, "reward_vs_steps.png"))
-    plots.reward_curves(records, curves, best, config, os.path.join(out, "reward_vs_queries.png"),
+    plots.reward_curves(records, curves, best, config, out / "reward_vs_steps.png")
+    plots.reward_curves(records, curves, best, config, out / "reward_vs_queries.png",
                         x_name="queries")
-    plots.distributions(records, best, config, os.path.join(out, "distributions.png"),
+    plots.distributions(records, best, config, out / "distributions.png",
                         ("onpolicy_ipo", "onpolicy_bofn", "offline_bofn", "pref_ft",
                          "offline_rwr"))
-    plots.ablation(records, curves, "reuse", "reuse", config,
-                   os.path.join(out, "ablation_reuse.png"))
+    plots.ablation(records, curves, "reuse", "reuse", config, out / "ablation_reuse.png")
     plots.ablation(records, curves, "batch", "prompts_per_batch", config,
-                   os.path.join(out, "ablation_batch.png"))
+                   out / "ablation_batch.png")
     timings.update(command_s=time.perf_counter() - t0, cpu_s=time.process_time() - cpu0,
                    load=f"{load:.2f}")
-    rows = report.write_report(os.path.join(out, "report.md"), records, curves, best, config,
-                               timings)
+    rows = report.write_report(out / "report.md", records, curves, best, config, timings)
     print(f"{timings['runs']} runs in {timings['command_s']:.1f} s wall ({timings['cpu_s']:.1f} "
           f"CPU-s, startup {timings['startup_s']:.1f} s (compile + SFT), load {load:.2f}) -> {out}")
     for finding, verdict, _, _ in rows:
         print(f"[{verdict}] {finding}")
-    print(f"report: {os.path.join(out, 'report.md')}", file=sys.stdout)
-
+    print(f"report: {out / 'report.md'}", file=sys.stdout)
 
 if __name__ == "__main__":
     app.run(main)

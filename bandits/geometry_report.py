@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import matplotlib
@@ -11,10 +10,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from etils import epath  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
 import modeseek  # noqa: E402
-from bandits import env, geometry  # noqa: E402
+from bandits import env, geometry, plots  # noqa: E402
 from bandits.measures import fmt  # noqa: E402
 
 CLASS_SHORT = {"offline_adequate": "offline ok", "onpolicy_negative": "on-policy + neg",
@@ -55,9 +55,7 @@ def plot_map(rows, config, path):
         twin.semilogy(np.arange(len(ref)), ref, color="k", alpha=0.35, lw=1)
         twin.set_ylabel("π_ref(a) (black)")
     axes[0, 0].legend(fontsize=7, ncol=4, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save_figure(fig, path)
 
 
 def plot_gains(rows, path):
@@ -87,9 +85,7 @@ def plot_gains(rows, path):
             ax.set_ylabel(yl, fontsize=8)
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save_figure(fig, path)
 
 
 def _spearman(x, y):
@@ -211,8 +207,7 @@ def write_report(path, rows, config, timings):
         *_table(rows, list(g.methods)),
         "",
     ]
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
+    epath.Path(path).write_text("\n".join(lines))
     return acc
 
 
@@ -224,18 +219,19 @@ def main(config, out, t0, cpu0, load):
     acc = render(config, out, records, timings)
     print(f"{timings['runs']} runs in {timings['command_s']:.1f} s wall ({timings['cpu_s']:.1f} "
           f"CPU-s, load {load:.2f}); recommendation accuracy {acc['correct']}/{acc['n']}, "
-          f"median regret {acc['regret_median']:.3f} -> {os.path.join(out, 'report.md')}")
+          f"median regret {acc['regret_median']:.3f} -> {epath.Path(out) / 'report.md'}")
 
 
 def render(config, out, records, timings):
     """Write results.json (every run's measures, each geometry's row), map.png, gains.png and
     report.md into `out`; return the accuracy summary."""
     rows = geometry.table(records, config)
-    plot_map(rows, config, os.path.join(out, "map.png"))
-    plot_gains(rows, os.path.join(out, "gains.png"))
-    acc = write_report(os.path.join(out, "report.md"), rows, config, timings)
+    out = epath.Path(out)
+    plot_map(rows, config, out / "map.png")
+    plot_gains(rows, out / "gains.png")
+    acc = write_report(out / "report.md", rows, config, timings)
     drop = ("recommendation", "winner_cell")
-    with open(os.path.join(out, "results.json"), "w") as f:
+    with (out / "results.json").open("w") as f:
         json.dump({"timings": timings, "accuracy": {k: v for k, v in acc.items()
                                                    if k != "confusion"},
                    "geometries": [{k: v for k, v in r.items() if k not in drop}
@@ -248,7 +244,6 @@ def render(config, out, records, timings):
 def rerender(config, run_folder, out):
     """Re-render a finished map's run folder (its results.json: runs and timings) into `out`,
     without re-running it (e.g. after a change to this report)."""
-    with open(os.path.join(run_folder, "results.json")) as f:
-        saved = json.load(f)
+    saved = json.loads((epath.Path(run_folder) / "results.json").read_text())
     geometry.register_rewards(config)
     return render(config, out, saved["runs"], saved["timings"])

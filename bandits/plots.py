@@ -4,6 +4,7 @@ each method at its own best lr; the exact ceilings of the mode-covering objectiv
 from __future__ import annotations
 
 import matplotlib
+from etils import epath
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -34,9 +35,11 @@ def _reward_axes(ax, x_name):
     ax.grid(alpha=0.3)
 
 
-def _finish(fig, path):
+def save_figure(fig, path):
+    """PNG through etils.epath (a local path or gs://…), then close the figure."""
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with epath.Path(path).open("wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -62,7 +65,7 @@ def reward_curves(records, curves, best, config, path, *, x_name="steps"):
         _reward_axes(ax, x_name)
         ax.legend(fontsize=6.5, loc="lower right", ncol=2,
                   title="solid: on-policy; thick: negative gradient", title_fontsize=7)
-    _finish(fig, path)
+    save_figure(fig, path)
 
 
 def ablation(records, curves, study, knob, config, path):
@@ -84,7 +87,7 @@ def ablation(records, curves, study, knob, config, path):
             ax.set_title(f"{alg} on {sel[0]['reward']}, lr {sel[0]['learning_rate']:g}")
             _reward_axes(ax, x_name)
             ax.legend(fontsize=7)
-    _finish(fig, path)
+    save_figure(fig, path)
 
 
 def distributions(records, best, config, path, algorithms):
@@ -115,4 +118,4 @@ def distributions(records, best, config, path, algorithms):
         ax.set_xlabel("action")
         ax.set_title(f"{reward}: final distributions (mean over verdict seeds, best lr)")
         ax.legend(fontsize=6.5)
-    _finish(fig, path)
+    save_figure(fig, path)

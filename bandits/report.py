@@ -5,6 +5,7 @@ the time it took."""
 from __future__ import annotations
 
 import numpy as np
+from etils import epath
 
 from bandits import ceilings, env, findings, measures
 from bandits.measures import fmt, fmt_median_iqr
@@ -153,6 +154,5 @@ def write_report(path, records, curves, best, config, timings):
               f"wall {t['wall_s']:.1f} s; whole command {t.get('command_s', float('nan')):.1f} s "
               f"wall, {t.get('cpu_s', float('nan')):.1f} CPU-s, load average "
               f"{t.get('load', '?')} at the start."]
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    epath.Path(path).write_text("\n".join(lines) + "\n")
     return rows

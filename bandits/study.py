@@ -20,6 +20,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import modeseek
@@ -414,8 +415,10 @@ def run_study(config, *, progress=None):
 def save(out, records, curves, best, timings):
     """results.json (one record per run, summary numbers) and metrics.npz (the curves, rows
     indexed by each record's `curve_index`)."""
-    with open(os.path.join(out, "results.json"), "w") as f:
+    out = epath.Path(out)
+    with (out / "results.json").open("w") as f:
         json.dump({"runs": records, "timings": timings,
                    "best_learning_rates": [dict(reward=k[0], algorithm=k[1], lr=v)
                                            for k, v in best.items()]}, f, indent=1)
-    np.savez_compressed(os.path.join(out, "metrics.npz"), **curves)
+    with (out / "metrics.npz").open("wb") as f:
+        np.savez_compressed(f, **curves)
