@@ -2,7 +2,7 @@
 the update step's model-FLOPs utilisation for a 1B-class model.
 
     .venv/bin/python benchmarks/llm_step.py                      # CPU: SmolLM2-135M, ours only
-    .venv/bin/python benchmarks/llm_step.py --trl_python /work/venv-trl/bin/python   # + ratio
+    .venv/bin/python benchmarks/llm_step.py   # + TRL ratio: needs benchmarks/make_trl_env.sh
     python3 benchmarks/llm_step.py --mode gpu                    # GPU: Pythia-1.4B-shaped model
 
 CPU setup = TRL's `benchmarks/trl_online_dpo.py --setup smollm2`: SmolLM2-135M-Instruct (fp32),
@@ -48,6 +48,9 @@ from llm import sharding as shd  # noqa: E402
 from llm import state as st  # noqa: E402
 from modeseek import decoder as dec  # noqa: E402
 
+# The TRL side runs from the repo's own environment (benchmarks/make_trl_env.sh).
+REPO_TRL_PYTHON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               ".venv-trl", "bin", "python")
 
 def load_average() -> float:
     return os.getloadavg()[0]
@@ -197,7 +200,8 @@ def main():
     parser.add_argument("--mode", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--trl_python", default="")
+    parser.add_argument("--trl_python", default=REPO_TRL_PYTHON,
+                        help="python of the TRL environment (benchmarks/make_trl_env.sh)")
     parser.add_argument("--trl_steps", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16, help="gpu: sequences per update")
     parser.add_argument("--seq", type=int, default=1024, help="gpu: tokens per sequence")

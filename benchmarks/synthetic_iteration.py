@@ -2,7 +2,7 @@
 side by side with TRL's online DPO trainer on the same setup, and print the ratio.
 
     .venv/bin/python benchmarks/synthetic_iteration.py [--iterations 10] \
-        [--trl_python /work/venv-trl/bin/python]
+        [--trl_python PATH]  (default: .venv-trl/ made by benchmarks/make_trl_env.sh)
 
 Setup (matches `benchmarks/trl_online_dpo.py --setup tiny_llama`): a random 2-layer Llama-style
 decoder (hidden 128, 4 heads, 2 KV heads, SwiGLU MLP 512, vocab 512, untied head, fp32);
@@ -50,6 +50,10 @@ from synthetic import train
 CONFIG = dec.DecoderConfig(vocab_size=512, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32,
                            embed_dim=128, mlp_dim=512, max_len=256, tied_embeddings=False)
 
+
+# The TRL side runs from the repo's own environment (benchmarks/make_trl_env.sh).
+REPO_TRL_PYTHON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               ".venv-trl", "bin", "python")
 
 def _time(fn, *args, repeats):
     jax.block_until_ready(fn(*args))  # compile + warm up
@@ -110,7 +114,8 @@ def trl(python: str):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--iterations", type=int, default=10, help="timed repeats per phase")
-    parser.add_argument("--trl_python", default=None, help="python of the TRL environment")
+    parser.add_argument("--trl_python", default=REPO_TRL_PYTHON,
+                        help="python of the TRL environment (benchmarks/make_trl_env.sh)")
     args = parser.parse_args()
     load = os.getloadavg()
     ours_r = ours(args.iterations)
@@ -120,7 +125,7 @@ def main():
         print(f"  {k:20s} {ours_r[k] * 1e3:8.1f} ms")
     print(f"  sampled tokens/s     {ours_r['sampled_tokens_per_s']:8.0f}")
     result = {"ours": ours_r, "load_average": load}
-    if args.trl_python:
+    if args.trl_python and os.path.exists(args.trl_python):
         trl_r, err = trl(args.trl_python)
         if trl_r is None:
             print(err)
@@ -131,7 +136,7 @@ def main():
                   f"(phases separately: {s / ours_r['phases_total_s']:.1f}x)")
             result.update(trl=trl_r, ratio=ratio)
     else:
-        print("TRL side not run (pass --trl_python PATH); ours alone above")
+        print("TRL side not run (no .venv-trl/: bash benchmarks/make_trl_env.sh); ours alone above")
     print(json.dumps(result, default=str))
 
 

@@ -2,8 +2,8 @@
 
 Runs under its own environment (see benchmarks/README.md), never under the project's:
 
-    /work/venv-trl/bin/python benchmarks/trl_online_dpo.py --setup tiny_llama --steps 10 --warmup 2
-    /work/venv-trl/bin/python benchmarks/trl_online_dpo.py --setup smollm2 --steps 3 --warmup 1
+    .venv-trl/bin/python benchmarks/trl_online_dpo.py --setup tiny_llama --steps 10 --warmup 2
+    .venv-trl/bin/python benchmarks/trl_online_dpo.py --setup smollm2 --steps 3 --warmup 1
 
 It does not import jax or modeseek. Everything is built locally, with no network:
 
