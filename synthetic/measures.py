@@ -3,7 +3,8 @@
 Measures (robust to saturation; every number is a median over seeds, IQR = 25th–75th
 percentile):
   steps to target  gradient steps until a run's curve first reaches the target (∞ = never).
-                   Min/Skew: length ≤ target_fraction · π_ref's mean length; token bandit:
+                   Min/Skew: length ≤ target_fraction · π_ref's mean length (on the task's
+                   2 × pref_prompts π_ref samples, not the first 16-sample batch); token bandit:
                    reward ≥ 0.5 · (1 + reference reward). Mode: |length − mode| ≤ 2.
   value at step s  the curve at the iteration holding gradient step s (config.early_steps).
   final            mean over the last 10% of iterations.
@@ -124,6 +125,12 @@ class Study:
         return ("mode_distance", True) if task == "mode" else ("length", True)
 
     def target(self, task):
+        """Min/Skew: target_fraction · π_ref's mean length (measured on the task's π_ref
+        samples, info["tasks"][task]["ref_mean_length"]; else the median first value of the
+        curves); Mode: 2; token bandit: 0.5 · (1 + the median first reward)."""
+        ref = self.info.get("tasks", {}).get(task, {}).get("ref_mean_length")
+        if self.config.study == "length" and task != "mode" and ref is not None:
+            return self.config.target_fraction * float(ref)
         metric, _ = self.metric(task)
         y0 = np.median([c[metric][:, 0] for k, c in self.curves.items()
                         if k.startswith(task + "/")])

@@ -72,7 +72,8 @@ def write_report(path, config, records, curves, info, plots):
              f"samples, M = {config.minibatch_prompts}, T = {config.reuse}; offline steps use "
              f"{config.offline_pairs} pairs. Wall time {info['total_seconds']:.0f} s "
              f"(task building {info['build_seconds']:.0f} s, compile included).", "",
-             f"Seeds 0–{s - 1} only choose each (task, method)'s best learning rate (lowest "
+             f"{'Seed 0 only chooses' if s == 1 else f'Seeds 0–{s - 1} only choose'} each "
+             "(task, method)'s best learning rate (lowest "
              "mean over training of the task's gold measure — mean length on Min/Skew, mean "
              "|length − mode| on Mode, highest mean reward on the token bandit; median over "
              f"those seeds; ★ in the tables). The verdicts and every table number use the other "

@@ -96,7 +96,10 @@ SPEEDS = {("onpolicy_dpo", 0): FAST, ("offline_dpo", 0): SLOW,
 
 def test_finding_held_at_two_of_three_step_sizes_on_a_constructed_table():
     s = _constructed_study(SPEEDS)
-    assert s.target("min") == pytest.approx(3.0)
+    assert s.target("min") == pytest.approx(3.0)  # no π_ref measure: the curves' first value
+    s.info["tasks"] = {"min": {"ref_mean_length": 40.0}}
+    assert s.target("min") == pytest.approx(4.0)  # 0.1 · π_ref's measured mean length
+    s.info["tasks"] = {}
     # 30·e^{−k·t} ≤ 3 ⇔ t ≥ ln 10 / k: k = 0.3(·1.00/1.01/1.02) → t = 8 (16 steps) for every
     # verdict seed; k = 0.1 → t = 24, 23, 23 (48, 46, 46 steps; median 46, ratio 46/16 = 2.9)
     steps, _, early = s.runs("min", "onpolicy_dpo", 1e-4)
