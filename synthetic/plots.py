@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from synthetic.report import curve_key  # noqa: E402
+from synthetic.measures import curve_key  # noqa: E402
 
 _LABELS = {"length": "response length (tokens)", "mode_distance": "|length − mode| (tokens)",
            "gold": "gold reward", "train_reward": "proxy reward", "kl_ref": "KL(π‖π_ref)"}

@@ -21,7 +21,7 @@ import tqdm
 import modeseek
 from modeseek.sampler import sample
 from synthetic import diagnose, models, tasks
-from synthetic.report import curve_key
+from synthetic.measures import curve_key
 from synthetic.train import SUPPORTED, Setup, TaskData, hparams_of, make_train
 
 TOKEN_TASKS = {"R1": 70.0, "R2": 20.0}
@@ -52,6 +52,10 @@ def validate(config):
                  "samples_per_prompt", "minibatch_prompts", "reuse", "offline_pairs"):
         if not int(config[name]) >= 1:
             raise ValueError(f"config.{name} must be >= 1, got {config[name]}")
+    if not 1 <= config.selection_seeds < config.seeds:
+        raise ValueError(f"config.selection_seeds must lie in [1, config.seeds) so that some seeds "
+                         f"choose the best learning rate and the others judge; got "
+                         f"{config.selection_seeds} of {config.seeds} seeds")
     if config.iterations % config.iterations_per_chunk:
         raise ValueError(f"config.iterations ({config.iterations}) must be a multiple of "
                          f"config.iterations_per_chunk ({config.iterations_per_chunk})")
