@@ -25,8 +25,9 @@ Geometry map (issue 14; bandits/geometry.py):
 Command:   python -m bandits --config=configs/bandits.py:geometry --out runs/geometry
 Table:     reward peak at every 5th action (0, 5, …, 95) × widths 10 and 30 = 40 geometries ×
            7 methods (GEOMETRY_METHODS, every cell of the 2×2) × 5 seeds = 1,400 runs of the
-           settings above, one compiled program. Learning rates fixed at 0.03 for every
-           method: each one's best lr on R1 in the committed study (bandits/results/report.md,
+           settings above but 150 steps, one compiled program. Learning rates fixed at 0.03
+           for every method: each one's best lr on R1 in the study as committed before its
+           last resizing (150 steps, grid {3e-3, 1e-2, 3e-2}; bandits/results/report.md then,
            where all 13 methods chose 0.03 on R1; on R2 four chose 0.01 and Pref-FT / offline
            RWR 0.003, each beating 0.03 there by ≤ 0.025 median mean reward over training, its
            lr table), so no lr is selected on the map's own seeds.
@@ -124,6 +125,7 @@ def get_config(arg: str = ""):
             peaks=tuple(range(0, 100, 5)), widths=(10.0, 30.0), methods=GEOMETRY_METHODS,
             learning_rates=ml_collections.ConfigDict({m: 0.03 for m in GEOMETRY_METHODS}),
             seeds=5))
+        c.num_steps = 150  # the committed map's length (made before the study moved to 100)
     elif arg == "quick":
         c.selection_seeds = 2
         c.verdict_seeds = 3
