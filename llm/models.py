@@ -22,7 +22,7 @@ from llm import checkpointing, config_checks, reward_pass, rewards, run_folder, 
 from llm import sharding as shd
 from llm import state as st
 from llm.byte_tokenizer import VOCAB_SIZE, ByteTokenizer
-from llm.checkpoints import load_model
+from llm.checkpoints import load_sharded, open_model
 from llm.data import make_loader
 from llm.reward_models import concat_rows
 from llm.reward_types import Reward
@@ -32,11 +32,13 @@ from modeseek import sampler
 
 @functools.lru_cache(maxsize=2)
 def load_base(name: str, max_len: int = 1024):
-    """(DecoderConfig, host params or None for random init, tokenizer), cached per process."""
+    """(DecoderConfig, ModelFiles — the opened, unread checkpoint — or None for random init,
+    tokenizer), cached per process. No tensor is read here: `StageEnv.base_params` reads them
+    one at a time into their shardings (`llm.checkpoints.load_sharded`)."""
     if name == "tiny":
         return dec.DecoderConfig.tiny(vocab_size=VOCAB_SIZE, max_len=max_len), None, ByteTokenizer()
-    config, params, tokenizer = load_model(name)
-    return config, jax.tree.map(np.asarray, params), tokenizer
+    model = open_model(name)
+    return model.config, model, model.tokenizer
 
 
 def _abstract(shapes, shardings):
@@ -51,19 +53,17 @@ class StageEnv:
     experiment_dir: str
     mesh: Any
     model_config: dec.DecoderConfig
-    host_params: Any
+    checkpoint: Any   # hf_load.ModelFiles of cfg.model, or None (random init)
     tokenizer: Any
 
     @classmethod
     def create(cls, cfg, stage_cfg, stage_dir, mesh):
-        config, host_params, tokenizer = load_base(cfg.model)
+        config, checkpoint, tokenizer = load_base(cfg.model)
         # prompt + response (or new tokens) must fit the model's context: refused, never cut
         config_checks.check_context_fits(cfg, config.max_len, stages=(stage_cfg.name,))
         config = stage_model_config(config, stage_cfg)
-        if host_params is not None:
-            host_params = dec.truncate_layers(host_params, config.num_layers)
         return cls(cfg, stage_cfg, os.path.dirname(os.path.abspath(stage_dir)), mesh, config,
-                   host_params, tokenizer)
+                   checkpoint, tokenizer)
 
     def config_of(self, stage_name: str) -> dec.DecoderConfig:
         return stage_model_config(load_base(self.cfg.model)[0], self.cfg.stages[stage_name])
@@ -73,10 +73,11 @@ class StageEnv:
         shardings, fallbacks = st.param_shardings(self.model_config, self.mesh)
         if fallbacks and jax.process_index() == 0:
             print(f"sharding: replicated (not divisible): {', '.join(fallbacks)}")
-        if self.host_params is None:
+        if self.checkpoint is None:
             key = jax.random.key(self.cfg.seed)
             return st.init_params_sharded(key, self.model_config, shardings), shardings
-        return shd.place_params(self.host_params, shardings), shardings
+        # a trunk stage reads only its first layers; tensor by tensor, no host copy
+        return load_sharded(self.checkpoint, self.model_config, shardings), shardings
 
     def load_stage_params(self, stage_name: str, *, with_head: bool):
         config = self.config_of(stage_name)
