@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 
 from llm import checkpointing, config_checks, reward_pass, rewards, run_folder, steps
 from llm import sharding as shd
@@ -61,12 +62,13 @@ class StageEnv:
         config, checkpoint, tokenizer = load_base(cfg.model)
         # prompt + response (or new tokens) must fit the model's context: refused, never cut
         config_checks.check_context_fits(cfg, config.max_len, stages=(stage_cfg.name,))
-        config = stage_model_config(config, stage_cfg)
-        return cls(cfg, stage_cfg, os.path.dirname(os.path.abspath(stage_dir)), mesh, config,
-                   checkpoint, tokenizer)
+        config = with_run_dtypes(stage_model_config(config, stage_cfg), cfg)
+        return cls(cfg, stage_cfg, run_folder.parent_dir(stage_dir), mesh, config, checkpoint,
+                   tokenizer)
 
     def config_of(self, stage_name: str) -> dec.DecoderConfig:
-        return stage_model_config(load_base(self.cfg.model)[0], self.cfg.stages[stage_name])
+        return with_run_dtypes(stage_model_config(load_base(self.cfg.model)[0],
+                                                  self.cfg.stages[stage_name]), self.cfg)
 
     # ------------------------------------------------------------------ parameters
     def base_params(self):
@@ -84,8 +86,8 @@ class StageEnv:
         shardings, _ = st.param_shardings(config, self.mesh, with_head=with_head)
         init = dec.init_scalar_model if with_head else dec.init_params
         shapes = jax.eval_shape(functools.partial(init, config=config), jax.random.key(0))
-        path = os.path.join(self.experiment_dir, stage_name, "params")
-        if not os.path.isdir(path):
+        path = os.fspath(epath.Path(self.experiment_dir) / stage_name / "params")
+        if not epath.Path(path).is_dir():
             raise FileNotFoundError(f"{path}: stage {stage_name!r} has not finished (no params)")
         return checkpointing.load_params(path, _abstract(shapes, shardings)), shardings
 
@@ -220,13 +222,20 @@ class StageEnv:
 
     # ------------------------------------------------------------------ output
     def finish(self, stage_dir: str, params, last_metrics: dict) -> dict:
-        checkpointing.save_params(os.path.join(stage_dir, "params"), params)
+        checkpointing.save_params(os.fspath(epath.Path(stage_dir) / "params"), params)
         summary = {"status": "done", "stage": self.stage_cfg.name, "kind": self.stage_cfg.kind,
                    "algorithm": self.stage_cfg.algorithm,
                    "final": {k: float(v) for k, v in last_metrics.items()}}
         if jax.process_index() == 0:  # summary.json, then the done marker (both atomic)
             run_folder.mark_stage_done(stage_dir, summary)
         return summary
+
+
+def with_run_dtypes(config: dec.DecoderConfig, cfg) -> dec.DecoderConfig:
+    """The model with the run's `param_dtype` / `compute_dtype` when the config sets them
+    (checkpoint tensors are cast to param_dtype one at a time as they are read)."""
+    return config.replace(param_dtype=cfg.get("param_dtype", None) or config.param_dtype,
+                          dtype=cfg.get("compute_dtype", None) or config.dtype)
 
 
 def stage_model_config(base: dec.DecoderConfig, stage_cfg) -> dec.DecoderConfig:
