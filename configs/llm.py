@@ -155,6 +155,11 @@ def full_scale(model, train, test, *, mesh, algorithms, batch):
     return c
 
 
+# UltraFeedback configs: name -> (placeholder model path, tensor-parallel size)
+ULTRAFEEDBACK = {"mistral_ultrafeedback": ("/data/mistral-7b", 4),
+                 "qwen2_ultrafeedback": ("/data/qwen2-1.5b", 1)}
+
+
 def get_config(arg: str = "smollm2_min_length"):
     if arg in ("", "smollm2_min_length"):
         return min_length("smollm2")
@@ -169,17 +174,10 @@ def get_config(arg: str = "smollm2_min_length"):
         c.gold.alpacafarm_rm = reward_config("hf_model", path="/data/alpacafarm-reward-model-7b",
                                              dtype="bfloat16")
         return c
-    if arg == "mistral_ultrafeedback":
-        c = full_scale("/data/mistral-7b", "/data/ultrafeedback/train.jsonl",
-                       "/data/ultrafeedback/test.jsonl", mesh=dict(data=1, fsdp=-1, tensor=4),
-                       algorithms=("offline_dpo", "pref_ft", "onpolicy_dpo"), batch=64)
-        c.data.use_chat_template = False
-        c.gold.ultrarm = reward_config("hf_model", path="/data/UltraRM-13b", dtype="bfloat16")
-        c.compute_dtype = "bfloat16"
-        return c
-    if arg == "qwen2_ultrafeedback":
-        c = full_scale("/data/qwen2-1.5b", "/data/ultrafeedback/train.jsonl",
-                       "/data/ultrafeedback/test.jsonl", mesh=dict(data=1, fsdp=-1, tensor=1),
+    if arg in ULTRAFEEDBACK:
+        model, tensor = ULTRAFEEDBACK[arg]
+        c = full_scale(model, "/data/ultrafeedback/train.jsonl",
+                       "/data/ultrafeedback/test.jsonl", mesh=dict(data=1, fsdp=-1, tensor=tensor),
                        algorithms=("offline_dpo", "pref_ft", "onpolicy_dpo"), batch=64)
         c.data.use_chat_template = False
         c.gold.ultrarm = reward_config("hf_model", path="/data/UltraRM-13b", dtype="bfloat16")
