@@ -20,6 +20,18 @@ pythia_alpacafarm       Pythia-1.4B SFT → RM → on-policy RWR/REINFORCE/DPO o
 mistral_ultrafeedback   Mistral-7B on UltraFeedback-style pairs: offline DPO vs Pref-FT and
                         on-policy DPO (PAPER §6). GPU/TPU run: fsdp × tensor (e.g. fsdp=-1,
                         tensor=4 on 4×8 H100s or a v5p-64 pod), bfloat16 activations.
+qwen2_ultrafeedback     Qwen2-1.5B, the same stages as mistral_ultrafeedback; fsdp=-1 (one
+                        8-GPU host or a v4-8/v5p-8 slice), bfloat16 activations.
+
+Full-scale configs name placeholder paths (/data/...): give yours on the command line, e.g.
+  --config.model=/ckpt/Mistral-7B-v0.1 (a Hugging Face folder: config.json +
+  model.safetensors[.index.json]) --config.data.train=gs://b/uf/train.jsonl
+  --config.data.test=gs://b/uf/test.jsonl --config.gold.ultrarm.path=/ckpt/UltraRM-13b
+Before anything loads or compiles, `python -m llm` checks that each path exists and every data
+row parses (`llm.config_checks.check_paths`) and names the field that is missing. Paths may be
+local or object-store (gs://; reading them needs `gcsfs`); --workdir may be gs:// too.
+`--dry_run` prints the mesh and every stage's memory plan from the checkpoint's config.json
+alone. param_dtype / compute_dtype: parameters and activations (float32 default).
 
 Every stage is a ConfigDict under `stages`, run in `stage_order`; override anything on the
 command line, e.g. `--config.stages.onpolicy_dpo.num_iterations=10 --config.mesh.fsdp=8`.
@@ -57,6 +69,9 @@ def stage(name, kind, **overrides):
 def base(model, train, test, *, max_prompt_len, max_response_len):
     c = ml_collections.ConfigDict()
     c.model = model
+    # parameters and activations; checkpoint tensors are cast to param_dtype as they are read
+    c.param_dtype = "float32"
+    c.compute_dtype = "float32"
     c.seed = 0
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.distributed = ml_collections.ConfigDict(dict(coordinator="", num_processes=0,
@@ -140,6 +155,11 @@ def full_scale(model, train, test, *, mesh, algorithms, batch):
     return c
 
 
+# UltraFeedback configs: name -> (placeholder model path, tensor-parallel size)
+ULTRAFEEDBACK = {"mistral_ultrafeedback": ("/data/mistral-7b", 4),
+                 "qwen2_ultrafeedback": ("/data/qwen2-1.5b", 1)}
+
+
 def get_config(arg: str = "smollm2_min_length"):
     if arg in ("", "smollm2_min_length"):
         return min_length("smollm2")
@@ -154,12 +174,14 @@ def get_config(arg: str = "smollm2_min_length"):
         c.gold.alpacafarm_rm = reward_config("hf_model", path="/data/alpacafarm-reward-model-7b",
                                              dtype="bfloat16")
         return c
-    if arg == "mistral_ultrafeedback":
-        c = full_scale("/data/mistral-7b", "/data/ultrafeedback/train.jsonl",
-                       "/data/ultrafeedback/test.jsonl", mesh=dict(data=1, fsdp=-1, tensor=4),
+    if arg in ULTRAFEEDBACK:
+        model, tensor = ULTRAFEEDBACK[arg]
+        c = full_scale(model, "/data/ultrafeedback/train.jsonl",
+                       "/data/ultrafeedback/test.jsonl", mesh=dict(data=1, fsdp=-1, tensor=tensor),
                        algorithms=("offline_dpo", "pref_ft", "onpolicy_dpo"), batch=64)
         c.data.use_chat_template = False
         c.gold.ultrarm = reward_config("hf_model", path="/data/UltraRM-13b", dtype="bfloat16")
+        c.compute_dtype = "bfloat16"
         return c
     raise ValueError(f"unknown config {arg!r}: smollm2_min_length | tiny | pythia_alpacafarm | "
-                     "mistral_ultrafeedback")
+                     "mistral_ultrafeedback | qwen2_ultrafeedback")

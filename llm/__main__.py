@@ -5,7 +5,8 @@ Runs the config's stages in order (each in <workdir>/<stage>), then writes <work
 Multi-host: the same command on every host, with --config.distributed.* or MODESEEK_* variables
 (see llm/distributed.py and launch/README.md).
 
-Before anything compiles: unknown `--config.*` keys and bad fields (`llm.config_checks`) end
+Before anything compiles: unknown `--config.*` keys, bad fields and missing or unparsable files
+(model, data rows, reward paths: `llm.config_checks`) end
 the run with a one-line error and exit status 2. The run's config is stored once in
 <workdir>/config.json (`llm.run_folder.claim_workdir`): a new run refuses a workdir holding one,
 --resume refuses a workdir without one, and --resume with result-affecting changes refuses
@@ -91,6 +92,7 @@ def main(argv):
         config_checks.validate_llm_config(cfg, stages=FLAGS.stages,
                                           data_parallel=int(mesh.shape["data"]
                                                             * mesh.shape["fsdp"]))
+        config_checks.check_paths(cfg, stages=FLAGS.stages)  # files exist, rows parse
     except config_checks.ConfigError as e:
         _fail(str(e))
     if FLAGS.dry_run:

@@ -17,12 +17,12 @@ stage (e.g. on-policy training that reads the reward model) restores only what i
 
 from __future__ import annotations
 
-import os
-
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from llm import run_folder
 
 
 def abstract_like(tree):
@@ -39,7 +39,7 @@ class RunCheckpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                                enable_async_checkpointing=False,
                                                create=True)
-        self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+        self.manager = ocp.CheckpointManager(run_folder.absolute(directory), options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -78,11 +78,11 @@ class RunCheckpointer:
 def save_params(directory: str, params) -> None:
     """Write a parameter tree (sharded arrays are written shard by shard)."""
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.abspath(directory), params, force=True)
+    checkpointer.save(run_folder.absolute(directory), params, force=True)
     checkpointer.wait_until_finished()
 
 
 def load_params(directory: str, abstract_params):
     """Read a tree written by `save_params` into the shardings of `abstract_params`
     (ShapeDtypeStructs with shardings, e.g. from `jax.eval_shape` + `tree_shardings`)."""
-    return ocp.StandardCheckpointer().restore(os.path.abspath(directory), abstract_params)
+    return ocp.StandardCheckpointer().restore(run_folder.absolute(directory), abstract_params)

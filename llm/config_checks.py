@@ -6,6 +6,8 @@ API:
       every field below, for the stages that will run (`stages`, default cfg.stage_order);
       raises ConfigError naming `config.<path>` (and the closest known name for unknown ones)
   check_context_fits(cfg, max_len, *, stages=()) -> None   prompt + response/new tokens fit
+  check_paths(cfg, *, stages=()) -> None      every file the run reads exists and every data
+                                              row parses (before loading or compiling)
   check_overrides(cfg, overrides) -> None     unknown `--config.a.b=...` keys, with a suggestion
   override_keys(argv) -> list[str]            the dotted keys of `--config.*` arguments
   count_pairs(rewards_PxN, valid_PxN) -> (pairs, non_tied_groups)   jit-able
@@ -155,6 +157,85 @@ def validate_llm_config(cfg: Mapping[str, Any], *, stages: Sequence[str] = (),
             _int_at_least("config.eval.batch_size", cfg["eval"].get("batch_size", 1), 1)
     if cfg.get("checkpoint_every", 0) < 0:
         raise ConfigError(f"config.checkpoint_every must be >= 0, got {cfg['checkpoint_every']}")
+
+
+BUILTIN_MODELS = ("tiny", "smollm2")
+
+
+def _missing(where: str, path: str, what: str) -> ConfigError:
+    return ConfigError(f"{where}={path!r}: no such {what}; set {where} on the command line "
+                       f"(--{where}=/path or gs://bucket/path)")
+
+
+def _check_model_path(where: str, path: str) -> None:
+    """A Hugging Face folder (config.json + model.safetensors or its shard index) or a .gguf
+    file."""
+    from etils import epath
+
+    p = epath.Path(path)
+    if path.endswith(".gguf"):
+        if not p.is_file():
+            raise _missing(where, path, "GGUF file")
+        return
+    if not p.is_dir():
+        raise _missing(where, path, "Hugging Face folder (config.json + model.safetensors)")
+    present = {c.name for c in p.iterdir()}
+    if "config.json" not in present:
+        raise ConfigError(f"{where}={path!r}: the folder has no config.json")
+    if not present & {"model.safetensors", "model.safetensors.index.json"}:
+        raise ConfigError(f"{where}={path!r}: the folder has no model.safetensors or "
+                          "model.safetensors.index.json (pickle weights are never loaded)")
+
+
+def _check_data_path(where: str, path: str, kind: str, skip_bad_rows: bool) -> None:
+    """The file exists and every row parses as `kind` ("pairs" / "prompts"); a prepared
+    TFDS folder is only checked to exist."""
+    from etils import epath
+
+    from llm.data.records import BadRowError, DataFileError, read_rows
+
+    if epath.Path(path).is_dir():
+        return
+    if not epath.Path(path).is_file():
+        raise _missing(where, path, "data file (.jsonl / .parquet) or prepared folder")
+    try:
+        _, stats = read_rows(path, kind=kind, skip_bad_rows=skip_bad_rows)
+    except (BadRowError, DataFileError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if not stats["rows_kept"]:
+        raise ConfigError(f"{where}={path!r}: no usable {kind} rows")
+
+
+def check_paths(cfg: Mapping[str, Any], *, stages: Sequence[str] = ()) -> None:
+    """Every path the stages that will run read: config.model, config.data.train (rows parsed
+    as pairs, or as prompts when only on-policy stages run), config.data.test (when evaluation
+    is on; pairs when a reward-model stage runs) and the `path` of every model / hf_model
+    reward in config.reward and config.gold. Raises ConfigError naming the first field that
+    is missing or does not parse; local and object-store (gs://) paths alike (etils.epath)."""
+    from etils import epath
+
+    if cfg["model"] not in BUILTIN_MODELS:
+        _check_model_path("config.model", cfg["model"])
+    kinds = {cfg["stages"][n]["kind"] for n in (stages or cfg["stage_order"])}
+    data, skip = cfg["data"], bool(cfg["data"].get("skip_bad_rows", False))
+    _check_data_path("config.data.train", data["train"],
+                     "prompts" if kinds == {"onpolicy"} else "pairs", skip)
+    if cfg.get("eval", {}).get("every", 0):
+        _check_data_path("config.data.test", data["test"],
+                         "pairs" if "reward_model" in kinds else "prompts", skip)
+    rewards = {"config.reward": cfg.get("reward") or {}}
+    rewards.update({f"config.gold.{k}": v for k, v in (cfg.get("gold") or {}).items()})
+    for where, spec in rewards.items():
+        if spec.get("fn") or spec.get("kind") not in ("model", "hf_model"):
+            continue
+        if not spec.get("path"):  # an unset proxy (config.reward) is simply not used
+            if where == "config.reward":
+                continue
+            raise ConfigError(f"{where}.path: a {spec['kind']} reward needs a path")
+        if spec["kind"] == "hf_model":
+            _check_model_path(f"{where}.path", spec["path"])
+        elif not epath.Path(spec["path"]).is_dir():
+            raise _missing(f"{where}.path", spec["path"], "run stage folder (<workdir>/<stage>)")
 
 
 def check_context_fits(cfg: Mapping[str, Any], max_len: int, *, stages: Sequence[str] = ()

@@ -22,6 +22,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+from etils import epath
 
 from llm import memory_plan as mp
 from llm import runtime
@@ -41,28 +42,24 @@ def model_config_only(name: str) -> dec.DecoderConfig:
         return dec.DecoderConfig.tiny(vocab_size=VOCAB_SIZE, max_len=1024)
     if name == "smollm2" or name.endswith(".gguf"):
         path = smollm2_path() if name == "smollm2" else name
-        if not os.path.isfile(path):
+        if not epath.Path(path).is_file():
             raise FileNotFoundError(f"config.model={name!r}: no such GGUF file")
         reader = _reader(path)  # memory-mapped: tensors are not read
         hf, _ = _hf_config({k: f.contents() for k, f in reader.fields.items()}, path)
         hf["tie_word_embeddings"] = not any(t.name == "output.weight" for t in reader.tensors)
         return hf_layout.config_from_hf(hf, source=path)
-    if os.path.isdir(name):
+    if epath.Path(name).is_dir():
         return hf_layout.config_from_hf(_read_config(name),
-                                        source=os.path.join(name, "config.json"))
+                                        source=os.fspath(epath.Path(name) / "config.json"))
     raise FileNotFoundError(f"config.model={name!r}: not 'tiny', 'smollm2', a .gguf file or a "
                             "Hugging Face folder")
-
-
-def _with_dtypes(config: dec.DecoderConfig, cfg) -> dec.DecoderConfig:
-    return config.replace(param_dtype=cfg.get("param_dtype", None) or config.param_dtype,
-                          dtype=cfg.get("compute_dtype", None) or config.dtype)
 
 
 def stage_plan(cfg, stage_cfg, mesh_shape: dict, model_config: dec.DecoderConfig, *,
                platform: str = "cpu") -> mp.MemoryPlan:
     """The MemoryPlan of one stage (see the module docstring for what each kind keeps)."""
     from llm.models import stage_model_config
+    from llm.models import with_run_dtypes as _with_dtypes
 
     config = _with_dtypes(stage_model_config(model_config, stage_cfg), cfg)
     split = mesh_shape["data"] * mesh_shape["fsdp"]

@@ -2,6 +2,7 @@
 
 API:
   read_gguf_fields(path) -> dict[str, python value]      metadata only
+  open_gguf(path, *, dtype, param_dtype, check_finite) -> hf_load.ModelFiles   nothing read yet
   load_gguf(path, *, dtype="float32", check_finite=True) -> (DecoderConfig, params, Tokenizer)
       malformed metadata, overlapping tensor bytes, NaN/inf weights (check_finite) and a
       tokenizer larger than the embedding raise CheckpointError(file, tensor or field, reason)
@@ -103,11 +104,14 @@ def _check_no_overlap(reader, path: str) -> None:
                                   f"{first!r} (aliased weights)")
 
 
-def load_gguf(path: str, *, dtype: str = "float32", check_finite: bool = True):
-    """check_finite: refuse NaN/inf in the dequantised weights (False skips that pass)."""
+def open_gguf(path: str, *, dtype: str = "float32", param_dtype: str = "float32",
+              check_finite: bool = True):
+    """hf_load.ModelFiles of a GGUF file: metadata, tokenizer and HF-named tensors that are
+    dequantised one at a time when read (the file itself is memory-mapped by gguf's reader)."""
     from gguf.quants import dequantize
 
     from llm.checkpoints import check_tokenizer_fits
+    from llm.hf_load import ModelFiles, TensorSource
     from llm.safetensors_io import check_tensor_finite
     from llm.tokenizer import tokenizer_from_gguf_fields
 
@@ -115,15 +119,20 @@ def load_gguf(path: str, *, dtype: str = "float32", check_finite: bool = True):
     fields = _fields(reader)
     hf, arch = _hf_config(fields, path)
     _check_no_overlap(reader, path)
-    tensors: dict[str, np.ndarray] = {}
+    by_name = {}
     for t in reader.tensors:
         if t.name in _TOP_NAMES:
-            name = _TOP_NAMES[t.name]
+            by_name[_TOP_NAMES[t.name]] = t
         elif t.name.startswith("blk.") and t.name.split(".", 2)[2] in _LAYER_NAMES:
             _, i, rest = t.name.split(".", 2)
-            name = f"model.layers.{i}.{_LAYER_NAMES[rest]}"
+            by_name[f"model.layers.{i}.{_LAYER_NAMES[rest]}"] = t
         else:
             raise CheckpointError(f"{path}: unexpected GGUF tensor {t.name}")
+        if check_finite and t.data.dtype.kind == "f":  # unquantised: checked before anything
+            check_tensor_finite(path, t.name, t.data)
+
+    def read(name: str) -> np.ndarray:
+        t = by_name[name]
         try:
             w = np.asarray(dequantize(t.data, t.tensor_type), np.float32)
         except Exception as e:
@@ -134,14 +143,25 @@ def load_gguf(path: str, *, dtype: str = "float32", check_finite: bool = True):
         if arch == "llama" and t.name.endswith(("attn_q.weight", "attn_k.weight")):
             n = hf["num_attention_heads"] if "attn_q" in t.name else hf["num_key_value_heads"]
             w = _unpermute(w, n)
-        tensors[name] = w
-    hf["tie_word_embeddings"] = "lm_head.weight" not in tensors
-    config = hf_layout.config_from_hf(hf, dtype=dtype, source=path)
-    params = hf_layout.params_from_hf(tensors, config, "llama" if arch == "llama" else "qwen2",
-                                      source=path)
+        return w
+
+    hf["tie_word_embeddings"] = "lm_head.weight" not in by_name
+    config = hf_layout.config_from_hf(hf, dtype=dtype, param_dtype=param_dtype, source=path)
     tokenizer = tokenizer_from_gguf_fields(fields)
     check_tokenizer_fits(tokenizer, config, source=path)
-    return config, jax.tree.map(jnp.asarray, params), tokenizer
+    tensors = TensorSource({n: tuple(int(d) for d in reversed(t.shape.tolist()))
+                            for n, t in by_name.items()},
+                           dict.fromkeys(by_name, np.dtype(np.float32)), read)
+    return ModelFiles(config, "llama" if arch == "llama" else "qwen2", tensors, tokenizer, path)
+
+
+def load_gguf(path: str, *, dtype: str = "float32", check_finite: bool = True):
+    """check_finite: refuse NaN/inf in the dequantised weights (False skips that pass)."""
+    from llm.hf_load import params_from_hf
+
+    model = open_gguf(path, dtype=dtype, check_finite=check_finite)
+    params = params_from_hf(model.tensors, model.config, model.arch, source=path)
+    return model.config, jax.tree.map(jnp.asarray, params), model.tokenizer
 
 
 def smollm2_path() -> str:

@@ -4,8 +4,9 @@ API:
   config_from_hf(hf_config: dict, *, dtype="float32", param_dtype="float32") -> DecoderConfig
   config_to_hf(config, architecture=None, *, bos_id, eos_id, pad_id) -> dict  (config.json)
   architecture_of(config) -> "llama" | "mistral" | "qwen2" | "gpt_neox"
-  params_from_hf(tensors: dict[str, np.ndarray], config, architecture, *, source) -> params
   params_to_hf(params, config, architecture) -> dict[str, np.ndarray]
+  hf_tensor_exports(config, architecture) -> [(HF name, HF shape, get(params))]  streamed
+  (HF tensors -> params, host or sharded, one tensor at a time: `llm.hf_load`)
 
 Supported: LlamaForCausalLM (Llama 1/2, SmolLM, SmolLM2), MistralForCausalLM,
 Qwen2ForCausalLM, GPTNeoXForCausalLM (Pythia). HF linear weights are [out, in]; ours are
@@ -14,10 +15,10 @@ Qwen2ForCausalLM, GPTNeoXForCausalLM (Pythia). HF linear weights are [out, in]; 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from llm.safetensors_io import CheckpointError
@@ -265,7 +266,9 @@ def _to_hf(path: str, w: np.ndarray) -> np.ndarray:
     return w
 
 
+@functools.lru_cache(maxsize=16)
 def _flat_shapes(config: DecoderConfig) -> dict[str, tuple[int, ...]]:
+    """Parameter path -> shape (cached: tracing the initialiser takes ~0.1 s; do not mutate)."""
     out = {}
 
     def walk(tree, prefix):
@@ -283,89 +286,57 @@ def _hf_shape(path: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     return _to_hf(path, np.empty(shape, np.uint8)).shape
 
 
-def params_from_hf(tensors: dict[str, np.ndarray], config: DecoderConfig, arch: str, *,
-                   source: str = "checkpoint") -> dict[str, Any]:
-    dtype = np.dtype(jnp.dtype(config.param_dtype))
-    tensors = dict(tensors)
-    if arch == "gpt_neox":  # unfuse q,k,v: rows are ordered (head, {q,k,v}, dim)
-        H, K = config.num_heads, config.head_dim
-        for i in range(config.num_layers):
-            p = f"gpt_neox.layers.{i}.attention.query_key_value."
-            for kind in ("weight", "bias"):
-                fused = tensors.pop(p + kind, None)
-                if fused is None:
-                    continue
-                if fused.shape[0] != 3 * H * K:
-                    raise CheckpointError(f"{source}: tensor {p + kind} has shape {fused.shape}, "
-                                          f"expected first dim {3 * H * K}")
-                parts = fused.reshape(H, 3, K, *fused.shape[1:])
-                for j, x in enumerate("qkv"):
-                    tensors[f"{p}{x}.{kind}"] = parts[:, j].reshape(H * K, *fused.shape[1:])
-    used = set()
-    flat: dict[str, np.ndarray] = {}
+def hf_tensor_exports(config: DecoderConfig, arch: str | None = None
+                      ) -> list[tuple[str, tuple[int, ...], Any]]:
+    """[(HF name, HF shape, get)] in file order, where `get(params)` gathers that one tensor
+    (float32, HF layout): a stacked leaf is indexed per layer, so only one layer of one
+    parameter reaches the host at a time (params may be sharded device arrays)."""
+    arch = arch or architecture_of(config)
 
-    def ours(name: str, path: str, shape: tuple[int, ...]) -> np.ndarray:
-        if name not in tensors:
-            raise CheckpointError(f"{source}: missing tensor {name} (for parameter {path})")
-        w = tensors[name]
-        used.add(name)
-        expected = _hf_shape(path, shape)
-        if tuple(w.shape) != expected:
-            raise CheckpointError(f"{source}: tensor {name} has shape {tuple(w.shape)}, "
-                                  f"expected {expected} from config.json")
-        if w.dtype.kind not in "fV" and str(w.dtype) != "bfloat16":
-            raise CheckpointError(f"{source}: tensor {name} has dtype {w.dtype}, expected a "
-                                  "floating-point type")
-        return _to_ours(path, np.asarray(w), config).astype(dtype)
+    def leaf(params, path):
+        for p in path.split("/"):
+            params = params[p]
+        return params
 
+    def getter(path, i=None):
+        def get(params):
+            node = leaf(params, path)
+            return _to_hf(path, np.asarray(node if i is None else node[i], dtype=np.float32))
+        return get
+
+    out = []
     for path, shape in _flat_shapes(config).items():
-        if path.startswith("layers/"):  # stacked [num_layers, ...]: layer i from HF layer i
-            rest = path.split("/", 1)[1]
-            flat[path] = np.empty(shape, dtype)
-            for i in range(config.num_layers):
-                flat[path][i] = ours(_names(arch, i)[rest], path, shape[1:])
-        else:
-            flat[path] = ours(_top_names(arch)[path], path, shape)
-    extra = [n for n in tensors if n not in used and not n.endswith(_IGNORED_SUFFIXES)
-             and not (config.tied_embeddings and n == _top_names(arch)["lm_head"])]
-    if extra:
-        raise CheckpointError(f"{source}: unexpected tensors {extra[:5]} (wrong architecture "
-                              "or config.json?)")
-    params: dict[str, Any] = {}
-    for path, w in flat.items():
-        node = params
-        *parents, leaf = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = w
-    return params
+        if not path.startswith("layers/"):
+            out.append((_top_names(arch)[path], _hf_shape(path, shape), getter(path)))
+            continue
+        rest = path.split("/", 1)[1]  # stacked [num_layers, ...]: HF layer i from row i
+        out += [(_names(arch, i)[rest], _hf_shape(path, shape[1:]), getter(path, i))
+                for i in range(config.num_layers)]
+    if arch != "gpt_neox":
+        return out
+    # GPT-NeoX: fuse q,k,v back into rows ordered (head, {q,k,v}, dim)
+    H, K = config.num_heads, config.head_dim
+    by_name = {name: (shape, get) for name, shape, get in out}
+    fused = []
+    for name, shape, get in out:
+        if ".query_key_value." not in name:
+            fused.append((name, shape, get))
+            continue
+        prefix, part, kind = name.rsplit(".", 2)
+        if part == "q":
+            gets = [by_name[f"{prefix}.{x}.{kind}"][1] for x in "qkv"]
+
+            def get_fused(params, gets=gets, rest=shape[1:]):
+                parts = [g(params).reshape(H, K, *rest) for g in gets]
+                return np.stack(parts, axis=1).reshape(3 * H * K, *rest)
+            fused.append((f"{prefix}.{kind}", (3 * H * K, *shape[1:]), get_fused))
+    return fused
 
 
 def params_to_hf(params: dict[str, Any], config: DecoderConfig,
                  arch: str | None = None) -> dict[str, np.ndarray]:
-    arch = arch or architecture_of(config)
-    out: dict[str, np.ndarray] = {}
-    for path in _flat_shapes(config):
-        node = params
-        for p in path.split("/"):
-            node = node[p]
-        if path.startswith("layers/"):  # stacked [num_layers, ...]: HF layer i from row i
-            rest = path.split("/", 1)[1]
-            for i in range(config.num_layers):
-                out[_names(arch, i)[rest]] = _to_hf(path, np.asarray(node[i], dtype=np.float32))
-        else:
-            out[_top_names(arch)[path]] = _to_hf(path, np.asarray(node, dtype=np.float32))
-    if arch == "gpt_neox":  # fuse q,k,v back into rows ordered (head, {q,k,v}, dim)
-        H, K = config.num_heads, config.head_dim
-        for i in range(config.num_layers):
-            p = f"gpt_neox.layers.{i}.attention.query_key_value."
-            for kind in ("weight", "bias"):
-                parts = [out.pop(f"{p}{x}.{kind}", None) for x in "qkv"]
-                if parts[0] is None:
-                    continue
-                stacked = np.stack([x.reshape(H, K, *x.shape[1:]) for x in parts], axis=1)
-                out[p + kind] = stacked.reshape(3 * H * K, *parts[0].shape[1:])
-    return out
+    """Every HF tensor at once (float32); `hf_tensor_exports` streams them instead."""
+    return {name: get(params) for name, _, get in hf_tensor_exports(config, arch)}
 
 
 # ----------------------------------------------------------------------------- reward models
@@ -410,6 +381,8 @@ def reward_model_from_hf(hf: dict[str, Any], tensors: dict[str, np.ndarray], *,
     if tuple(weight.shape) != (1, config.embed_dim):
         raise CheckpointError(f"{source}: tensor score.weight has shape {tuple(weight.shape)}, "
                               f"expected (1, {config.embed_dim}): a reward model has one label")
+    from llm.hf_load import params_from_hf  # hf_load builds on this module
+
     decoder = params_from_hf(tensors, config, arch, source=source)
     head = {"kernel": np.asarray(weight[0], np.float32), "bias": np.zeros((), np.float32)}
     return config, {"decoder": decoder, "head": head}

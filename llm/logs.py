@@ -20,7 +20,9 @@ import os
 import sys
 
 import jax
+from etils import epath
 
+from llm import run_folder
 from modeseek import decoder as dec
 
 # dense bf16 peak FLOP/s per device (no sparsity); CPU has no meaningful peak
@@ -56,20 +58,27 @@ def mfu(flops: float, seconds: float, peak: float | None) -> float:
 
 
 class MetricsLogger:
-    """Appends metrics to <run>/metrics.jsonl and TensorBoard (and wandb when asked)."""
+    """Appends metrics to <run>/metrics.jsonl and TensorBoard (and wandb when asked).
+
+    Paths go through `etils.epath`. On an object store (`gs://...`, no appends) the file is
+    rewritten whole, atomically, at each `log`; TensorBoard events (tensorboardX writes local
+    files) and wandb's folder then stay off: metrics.jsonl is the record."""
 
     def __init__(self, run_dir: str, *, resume_step: int | None = None, use_wandb: bool = False,
                  wandb_project: str = "modeseek", config: dict | None = None):
         self.active = jax.process_index() == 0
-        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.path = epath.Path(run_dir) / "metrics.jsonl"
+        self.remote = run_folder.is_uri(run_dir)
         self.tb = self.wandb = None
+        self._lines: list[str] = []
         if not self.active:
             return
-        os.makedirs(run_dir, exist_ok=True)
+        epath.Path(run_dir).mkdir(parents=True, exist_ok=True)
         self._truncate_after(resume_step)
-        from tensorboardX import SummaryWriter
+        if not self.remote:
+            from tensorboardX import SummaryWriter
 
-        self.tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+            self.tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
         if use_wandb:
             try:
                 import wandb
@@ -77,29 +86,34 @@ class MetricsLogger:
                 print("wandb requested but not installed; logging to files only", file=sys.stderr)
             else:
                 self.wandb = wandb.init(project=wandb_project, config=config or {},
-                                        dir=run_dir, resume="allow")
+                                        dir=None if self.remote else run_dir, resume="allow")
 
     def _truncate_after(self, step: int | None) -> None:
-        if not os.path.exists(self.path):
+        if not self.path.exists():
             return
-        with open(self.path) as f:
-            lines = [line for line in f if line.strip()]
+        lines = [line + "\n" for line in self.path.read_text().splitlines() if line.strip()]
         if step is not None:
             lines = [line for line in lines if json.loads(line)["step"] <= step]
         else:
             lines = []
-        with open(self.path, "w") as f:
-            f.writelines(lines)
+        self._lines = lines
+        run_folder.atomic_write_text(self.path, "".join(lines))
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.active:
             return
         row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        for name, value in row.items():
-            if name != "step" and math.isfinite(value):
-                self.tb.add_scalar(name, value, step)
+        line = json.dumps(row) + "\n"
+        if self.remote:
+            self._lines.append(line)
+            run_folder.atomic_write_text(self.path, "".join(self._lines))
+        else:
+            with self.path.open("a") as f:
+                f.write(line)
+        if self.tb is not None:
+            for name, value in row.items():
+                if name != "step" and math.isfinite(value):
+                    self.tb.add_scalar(name, value, step)
         if self.wandb is not None:
             self.wandb.log(row, step=step)
 
@@ -111,11 +125,10 @@ class MetricsLogger:
 
 
 def read_metrics(run_dir: str) -> list[dict]:
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = epath.Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def progress(total: int, initial: int, desc: str):

@@ -17,12 +17,13 @@ from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 
 from llm import checkpointing, config_checks, reward_pass, rewards, run_folder, steps
 from llm import sharding as shd
 from llm import state as st
 from llm.byte_tokenizer import VOCAB_SIZE, ByteTokenizer
-from llm.checkpoints import load_model
+from llm.checkpoints import load_sharded, open_model
 from llm.data import make_loader
 from llm.reward_models import concat_rows
 from llm.reward_types import Reward
@@ -32,11 +33,13 @@ from modeseek import sampler
 
 @functools.lru_cache(maxsize=2)
 def load_base(name: str, max_len: int = 1024):
-    """(DecoderConfig, host params or None for random init, tokenizer), cached per process."""
+    """(DecoderConfig, ModelFiles — the opened, unread checkpoint — or None for random init,
+    tokenizer), cached per process. No tensor is read here: `StageEnv.base_params` reads them
+    one at a time into their shardings (`llm.checkpoints.load_sharded`)."""
     if name == "tiny":
         return dec.DecoderConfig.tiny(vocab_size=VOCAB_SIZE, max_len=max_len), None, ByteTokenizer()
-    config, params, tokenizer = load_model(name)
-    return config, jax.tree.map(np.asarray, params), tokenizer
+    model = open_model(name)
+    return model.config, model, model.tokenizer
 
 
 def _abstract(shapes, shardings):
@@ -51,40 +54,40 @@ class StageEnv:
     experiment_dir: str
     mesh: Any
     model_config: dec.DecoderConfig
-    host_params: Any
+    checkpoint: Any   # hf_load.ModelFiles of cfg.model, or None (random init)
     tokenizer: Any
 
     @classmethod
     def create(cls, cfg, stage_cfg, stage_dir, mesh):
-        config, host_params, tokenizer = load_base(cfg.model)
+        config, checkpoint, tokenizer = load_base(cfg.model)
         # prompt + response (or new tokens) must fit the model's context: refused, never cut
         config_checks.check_context_fits(cfg, config.max_len, stages=(stage_cfg.name,))
-        config = stage_model_config(config, stage_cfg)
-        if host_params is not None:
-            host_params = dec.truncate_layers(host_params, config.num_layers)
-        return cls(cfg, stage_cfg, os.path.dirname(os.path.abspath(stage_dir)), mesh, config,
-                   host_params, tokenizer)
+        config = with_run_dtypes(stage_model_config(config, stage_cfg), cfg)
+        return cls(cfg, stage_cfg, run_folder.parent_dir(stage_dir), mesh, config, checkpoint,
+                   tokenizer)
 
     def config_of(self, stage_name: str) -> dec.DecoderConfig:
-        return stage_model_config(load_base(self.cfg.model)[0], self.cfg.stages[stage_name])
+        return with_run_dtypes(stage_model_config(load_base(self.cfg.model)[0],
+                                                  self.cfg.stages[stage_name]), self.cfg)
 
     # ------------------------------------------------------------------ parameters
     def base_params(self):
         shardings, fallbacks = st.param_shardings(self.model_config, self.mesh)
         if fallbacks and jax.process_index() == 0:
             print(f"sharding: replicated (not divisible): {', '.join(fallbacks)}")
-        if self.host_params is None:
+        if self.checkpoint is None:
             key = jax.random.key(self.cfg.seed)
             return st.init_params_sharded(key, self.model_config, shardings), shardings
-        return shd.place_params(self.host_params, shardings), shardings
+        # a trunk stage reads only its first layers; tensor by tensor, no host copy
+        return load_sharded(self.checkpoint, self.model_config, shardings), shardings
 
     def load_stage_params(self, stage_name: str, *, with_head: bool):
         config = self.config_of(stage_name)
         shardings, _ = st.param_shardings(config, self.mesh, with_head=with_head)
         init = dec.init_scalar_model if with_head else dec.init_params
         shapes = jax.eval_shape(functools.partial(init, config=config), jax.random.key(0))
-        path = os.path.join(self.experiment_dir, stage_name, "params")
-        if not os.path.isdir(path):
+        path = os.fspath(epath.Path(self.experiment_dir) / stage_name / "params")
+        if not epath.Path(path).is_dir():
             raise FileNotFoundError(f"{path}: stage {stage_name!r} has not finished (no params)")
         return checkpointing.load_params(path, _abstract(shapes, shardings)), shardings
 
@@ -219,13 +222,20 @@ class StageEnv:
 
     # ------------------------------------------------------------------ output
     def finish(self, stage_dir: str, params, last_metrics: dict) -> dict:
-        checkpointing.save_params(os.path.join(stage_dir, "params"), params)
+        checkpointing.save_params(os.fspath(epath.Path(stage_dir) / "params"), params)
         summary = {"status": "done", "stage": self.stage_cfg.name, "kind": self.stage_cfg.kind,
                    "algorithm": self.stage_cfg.algorithm,
                    "final": {k: float(v) for k, v in last_metrics.items()}}
         if jax.process_index() == 0:  # summary.json, then the done marker (both atomic)
             run_folder.mark_stage_done(stage_dir, summary)
         return summary
+
+
+def with_run_dtypes(config: dec.DecoderConfig, cfg) -> dec.DecoderConfig:
+    """The model with the run's `param_dtype` / `compute_dtype` when the config sets them
+    (checkpoint tensors are cast to param_dtype one at a time as they are read)."""
+    return config.replace(param_dtype=cfg.get("param_dtype", None) or config.param_dtype,
+                          dtype=cfg.get("compute_dtype", None) or config.dtype)
 
 
 def stage_model_config(base: dec.DecoderConfig, stage_cfg) -> dec.DecoderConfig:

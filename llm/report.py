@@ -7,12 +7,21 @@ steps), so offline and on-policy methods are compared at the same number of upda
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
+from etils import epath
 
+from llm import run_folder
 from llm.logs import read_metrics
 from modeseek.taxonomy import get_algorithm
+
+
+def _join(folder, name: str) -> str:
+    """`folder/name` for local and object-store (`gs://...`) folders alike (files go through
+    etils.epath)."""
+    return os.fspath(epath.Path(folder) / name)
 
 
 def _updates_per_logged_step(stage_cfg) -> int:
@@ -35,7 +44,7 @@ def plot_curves(workdir, cfg, names, key, ylabel, filename) -> str | None:
     fig, ax = plt.subplots(figsize=(6, 4))
     drawn = False
     for name in names:
-        rows = read_metrics(os.path.join(workdir, name))
+        rows = read_metrics(_join(workdir, name))
         pts = _curve(rows, key, _updates_per_logged_step(cfg.stages[name]))
         if len(pts):
             ax.plot(pts[:, 0], pts[:, 1], marker="o", label=name)
@@ -48,7 +57,9 @@ def plot_curves(workdir, cfg, names, key, ylabel, filename) -> str | None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, filename), dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    run_folder.atomic_write_bytes(epath.Path(workdir) / filename, buf.getvalue())
     plt.close(fig)
     return filename
 
@@ -63,7 +74,7 @@ def _first_last(rows, key):
 
 
 def write_report(workdir: str, cfg, *, wall_seconds: float | None = None) -> str:
-    names = [n for n in cfg.stage_order if os.path.exists(os.path.join(workdir, n))]
+    names = [n for n in cfg.stage_order if (epath.Path(workdir) / n).exists()]
     policy = [n for n in names if cfg.stages[n].kind in ("offline", "onpolicy", "sft")]
     lines = [f"# LLM run: {cfg.model}", ""]
     if wall_seconds is not None:
@@ -77,7 +88,7 @@ def write_report(workdir: str, cfg, *, wall_seconds: float | None = None) -> str
     finals = {}
     for n in names:
         s = cfg.stages[n]
-        rows = read_metrics(os.path.join(workdir, n))
+        rows = read_metrics(_join(workdir, n))
         cell = get_algorithm(s.algorithm).cell if s.algorithm else ""
         l0, l1 = _first_last(rows, "eval/length")
         r0, r1 = _first_last(rows, "eval/proxy_reward")
@@ -88,7 +99,7 @@ def write_report(workdir: str, cfg, *, wall_seconds: float | None = None) -> str
     lines.append("")
     timing = []
     for n in names:
-        rows = [r for r in read_metrics(os.path.join(workdir, n)) if "time_generation" in r]
+        rows = [r for r in read_metrics(_join(workdir, n)) if "time_generation" in r]
         rows = rows[1:] if len(rows) > 1 else rows  # the first iteration includes compilation
         if rows:
             mean = lambda k, rows=rows: float(np.mean([r[k] for r in rows]))
@@ -111,7 +122,6 @@ def write_report(workdir: str, cfg, *, wall_seconds: float | None = None) -> str
         if "pref_ft" in finals and finals["pref_ft"] is not None:
             lines.append(f"Pref-FT (no negative gradient) ends at {finals['pref_ft']:.1f} tokens.")
             lines.append("")
-    path = os.path.join(workdir, "report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
+    path = _join(workdir, "report.md")
+    run_folder.atomic_write_text(path, "\n".join(lines))
     return path

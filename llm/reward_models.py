@@ -37,8 +37,9 @@ import os
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
-from llm import checkpointing, hf_layout
+from llm import checkpointing, hf_layout, run_folder
 from llm.checkpoints import _read_config as read_config
 from llm.reward_types import Reward, RewardError, RewardInputs
 from llm.safetensors_io import CheckpointError, read_checkpoint_dir
@@ -84,7 +85,7 @@ def stage_reward_model_config(stage_dir: str) -> dec.DecoderConfig:
     """The DecoderConfig a run's reward_model stage trained (from <workdir>/config.json)."""
     from llm import models  # lazy: loads the base model's config (and, for real models, weights)
 
-    workdir, stage = os.path.split(os.path.abspath(stage_dir))
+    workdir, stage = os.path.split(run_folder.absolute(stage_dir))
     run = read_config(workdir)
     stage_cfg = (run.get("stages") or {}).get(stage)
     if stage_cfg is None:
@@ -103,11 +104,11 @@ def load_stage_reward_model(path: str, *, shardings=None, dtype: str | None = No
     """(DecoderConfig, params {"decoder", "head"}) of `<workdir>/<stage>` (or its params/),
     restored into `shardings` (a tree like the params; default: the first local device), the
     decoder's parameters and activations cast to `dtype` when given (the head stays float32)."""
-    path = os.path.abspath(path)
+    path = run_folder.absolute(path)
     if os.path.basename(path) == "params":
         path = os.path.dirname(path)
     params_dir = os.path.join(path, "params")
-    if not os.path.isdir(params_dir):
+    if not epath.Path(params_dir).is_dir():
         raise CheckpointError(f"{params_dir}: missing (has the reward_model stage finished?)")
     config = stage_reward_model_config(path)
     if dtype is not None:

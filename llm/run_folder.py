@@ -17,6 +17,9 @@ API (paths are `etils.epath.Path`-compatible: local paths or gs://...):
   record_config_changes(workdir, changes, *, stage="") -> path of config_changes.jsonl
   latest_valid_checkpoint(steps, restore, *, quarantine=None) -> (step, restored)
   quarantine_step_dir(checkpoint_dir, step)     move a corrupt step out of the manager's sight
+  is_uri(path) -> bool                 an object-store path (gs://, s3://, ...)
+  absolute(path) -> str                os.path.abspath for local paths, URIs unchanged
+  parent_dir(path) -> str              the folder holding `path` (absolute)
 
 Errors: `RunFolderError` (and its subclasses `StaleCacheError`, `ConfigChangeError`) name the
 folder or file and the flag that resolves them (`--resume`, `--workdir`,
@@ -59,6 +62,24 @@ class StaleCacheError(RunFolderError):
 
 class ConfigChangeError(RunFolderError):
     """--resume with a config whose result-affecting fields differ from the stored one."""
+
+
+# ------------------------------------------------------------------ paths
+def is_uri(path: str | os.PathLike) -> bool:
+    """An object-store path (`gs://bucket/...`, `s3://...`): never an `os`/`open` path."""
+    return "://" in os.fspath(path)
+
+
+def absolute(path: str | os.PathLike) -> str:
+    """`os.path.abspath` for a local path; a URI unchanged (abspath would turn `gs://b/run`
+    into a local folder `<cwd>/gs:/b/run`)."""
+    path = os.fspath(path)
+    return path.rstrip("/") if is_uri(path) else os.path.abspath(path)
+
+
+def parent_dir(path: str | os.PathLike) -> str:
+    """The absolute folder holding `path` (a stage folder's run folder)."""
+    return os.fspath(epath.Path(absolute(path)).parent)
 
 
 # ------------------------------------------------------------------ keys and atomic writes
@@ -135,7 +156,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
     try:
-        if "://" not in os.fspath(path):
+        if not is_uri(path):
             with open(os.fspath(tmp), "wb") as f:
                 f.write(data)
                 f.flush()

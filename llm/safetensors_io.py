@@ -4,7 +4,11 @@ API:
   read_safetensors(path, *, check_finite=True) -> dict[str, np.ndarray]  read-only memmaps
   read_checkpoint_dir(directory, *, check_finite=True) -> dict[str, np.ndarray]
       model.safetensors, or every shard named by model.safetensors.index.json
+  read_header(path) -> dict[str, TensorRef]     one file's tensors, header only
+  checkpoint_index(directory) -> dict[str, TensorRef]   a folder's tensors, headers only
+  read_tensor(ref, *, check_finite=True) -> np.ndarray   one tensor, a plain read (no mmap)
   write_safetensors(path, tensors: dict[str, np.ndarray], metadata=None)
+  write_safetensors_stream(path, [(name, shape, dtype)], produce)   one tensor at a time
   check_tensor_finite(path, name, array)     CheckpointError on NaN/inf in a float tensor
 
 Every structural problem (truncated file, bad header, a shape that is not a list of
@@ -14,10 +18,12 @@ shards, a shard the index names but the folder lacks, a shard path that leaves t
 absolute, `..`, a drive) raises CheckpointError(file, tensor or field, reason). With
 check_finite (the default) floating-point tensors holding NaN/inf are refused as well. Shard
 names are checked as written; symlinks inside the folder (the Hugging Face cache) are followed.
+Paths go through `etils.epath`, so `gs://...` folders read and write like local ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,6 +31,7 @@ import struct
 
 import ml_dtypes
 import numpy as np
+from etils import epath
 
 from modeseek._checks import is_int
 
@@ -90,13 +97,28 @@ def check_tensor_finite(path: str, name: str, array: np.ndarray) -> None:
                                   "are NaN or inf (pass check_finite=False to load anyway)")
 
 
-def read_safetensors(path: str, *, check_finite: bool = True) -> dict[str, np.ndarray]:
-    """Tensors of one file as read-only memmapped views. check_finite: also read every
-    floating-point value once and refuse NaN/inf (off: no full pass over the data)."""
-    size = os.path.getsize(path)
+@dataclasses.dataclass(frozen=True)
+class TensorRef:
+    """Where one tensor's bytes are: `file`, absolute byte `offset`, `dtype`, `shape`."""
+    file: str
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def read_header(path) -> dict[str, TensorRef]:
+    """Every tensor of one file, from its header alone (no tensor data is read); all structural
+    checks of the module docstring except NaN/inf."""
+    path = epath.Path(path)
+    size = path.stat().length
     if size < 8:
         raise CheckpointError(path, "", f"{size} bytes, too short for a safetensors file")
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         (header_len,) = struct.unpack("<Q", f.read(8))
         if header_len > size - 8 or header_len > 100_000_000:
             raise CheckpointError(path, "", f"header length {header_len} exceeds the file size "
@@ -110,8 +132,7 @@ def read_safetensors(path: str, *, check_finite: bool = True) -> dict[str, np.nd
         raise CheckpointError(path, "header", "not a JSON object")
     header.pop("__metadata__", None)
     data_start = 8 + header_len
-    data = np.memmap(path, dtype=np.uint8, mode="r") if size > data_start else np.zeros(0, np.uint8)
-    tensors, spans = {}, []
+    refs, spans = {}, []
     for name, info in header.items():
         dtype_name, shape, begin, end = _entry(path, name, info)
         dtype = _DTYPES[dtype_name]
@@ -124,20 +145,54 @@ def read_safetensors(path: str, *, check_finite: bool = True) -> dict[str, np.nd
                                   f"but the file has {size} bytes (truncated?)")
         if nbytes:
             spans.append((begin, end, name))
-        tensors[name] = data[data_start + begin: data_start + end].view(dtype).reshape(shape)
+        refs[name] = TensorRef(str(path), name, dtype, tuple(shape), data_start + begin)
     spans.sort()
     for (_, end0, first), (begin1, _, second) in zip(spans, spans[1:]):
         if begin1 < end0:
             raise CheckpointError(path, f"tensor {second!r}", f"byte range overlaps tensor "
                                   f"{first!r} (aliased weights)")
+    return refs
+
+
+def read_tensor(ref: TensorRef, *, check_finite: bool = True) -> np.ndarray:
+    """One tensor read into a fresh host array (a plain read of its bytes, through epath: no
+    memory map, so only this tensor is ever resident); NaN/inf refused with check_finite."""
+    out = np.empty(ref.shape, ref.dtype)
+    with epath.Path(ref.file).open("rb") as f:
+        f.seek(ref.offset)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        got = 0
+        while got < ref.nbytes:
+            n = f.readinto(view[got:])
+            if not n:
+                raise CheckpointError(ref.file, f"tensor {ref.name!r}", "file ended early")
+            got += n
     if check_finite:
-        for name, info in header.items():
-            if info["dtype"] in _FLOAT_NAMES:
-                check_tensor_finite(path, name, tensors[name])
+        check_tensor_finite(ref.file, ref.name, out)
+    return out
+
+
+def read_safetensors(path: str, *, check_finite: bool = True) -> dict[str, np.ndarray]:
+    """Tensors of one file: read-only memmapped views for a local file, read arrays otherwise.
+    check_finite: also read every floating-point value once and refuse NaN/inf."""
+    refs = read_header(path)
+    local = os.path.exists(path)
+    data = (np.memmap(path, dtype=np.uint8, mode="r")
+            if local and any(r.nbytes for r in refs.values()) else None)
+    tensors = {}
+    for name, ref in refs.items():
+        if data is None or not local:
+            tensors[name] = (read_tensor(ref, check_finite=False) if ref.nbytes or not local
+                             else np.zeros(ref.shape, ref.dtype))
+        else:
+            tensors[name] = data[ref.offset: ref.offset + ref.nbytes].view(ref.dtype).reshape(
+                ref.shape)
+        if check_finite:
+            check_tensor_finite(path, name, tensors[name])
     return tensors
 
 
-def _shard_path(directory: str, index_path: str, shard) -> str:
+def _shard_path(directory, index_path, shard) -> str:
     """The shard's path, refusing names that leave the model folder (absolute, `..`)."""
     if not isinstance(shard, str) or not shard:
         raise CheckpointError(index_path, "weight_map", f"shard name {shard!r} is not a file name")
@@ -145,65 +200,90 @@ def _shard_path(directory: str, index_path: str, shard) -> str:
     if os.path.isabs(shard) or shard.startswith(("/", "\\")) or ".." in parts or ":" in shard:
         raise CheckpointError(index_path, "weight_map", f"shard path {shard!r} points outside "
                               f"the model folder {directory}")
-    return os.path.join(directory, shard)
+    return str(epath.Path(directory) / shard)
 
 
-def read_checkpoint_dir(directory: str, *, check_finite: bool = True) -> dict[str, np.ndarray]:
-    index_path = os.path.join(directory, "model.safetensors.index.json")
-    single = os.path.join(directory, "model.safetensors")
-    if os.path.exists(index_path):
+def checkpoint_index(directory) -> dict[str, TensorRef]:
+    """Every tensor of an HF folder (model.safetensors, or the shards that
+    model.safetensors.index.json names), from the headers alone: no tensor data is read."""
+    folder = epath.Path(directory)
+    index_path, single = folder / "model.safetensors.index.json", folder / "model.safetensors"
+    if index_path.exists():
         try:
-            with open(index_path) as f:
-                weight_map = json.load(f)["weight_map"]
+            weight_map = json.loads(index_path.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as e:
             raise CheckpointError(index_path, "", f"not a valid shard index ({e!r})") from None
         if not isinstance(weight_map, dict):
             raise CheckpointError(index_path, "weight_map", "is not an object")
         paths = {shard: _shard_path(directory, index_path, shard)
                  for shard in set(weight_map.values())}
-        tensors: dict[str, np.ndarray] = {}
+        refs: dict[str, TensorRef] = {}
         for shard in sorted(paths):
             shard_path = paths[shard]
-            if not os.path.exists(shard_path):
+            if not epath.Path(shard_path).exists():
                 raise CheckpointError(index_path, "weight_map", f"names shard {shard} but "
                                       f"{shard_path} is missing")
-            for name, array in read_safetensors(shard_path, check_finite=check_finite).items():
-                if name in tensors:
+            for name, ref in read_header(shard_path).items():
+                if name in refs:
                     raise CheckpointError(shard_path, f"tensor {name!r}", "appears in two shards")
                 if weight_map.get(name) != shard:
                     raise CheckpointError(shard_path, f"tensor {name!r}", "is not mapped to this "
                                           f"shard by {index_path}")
-                tensors[name] = array
-        missing = sorted(set(weight_map) - set(tensors))
+                refs[name] = ref
+        missing = sorted(set(weight_map) - set(refs))
         if missing:
             raise CheckpointError(index_path, f"tensors {missing[:5]}",
                                   "listed but absent from their shards")
-        return tensors
-    if os.path.exists(single):
-        return read_safetensors(single, check_finite=check_finite)
-    if any(f.endswith((".bin", ".pt", ".pth", ".ckpt")) for f in os.listdir(directory)):
+        return refs
+    if single.exists():
+        return read_header(single)
+    if any(f.name.endswith((".bin", ".pt", ".pth", ".ckpt")) for f in folder.iterdir()):
         raise CheckpointError(directory, "", "only pickle-based weights found; these are never "
                               "loaded (they can run code). Convert them to safetensors.")
     raise CheckpointError(directory, "", "no model.safetensors or model.safetensors.index.json")
 
 
-def write_safetensors(path: str, tensors: dict[str, np.ndarray],
-                      metadata: dict[str, str] | None = None) -> None:
+def read_checkpoint_dir(directory: str, *, check_finite: bool = True) -> dict[str, np.ndarray]:
+    """Every tensor of an HF folder at once (`checkpoint_index` + `read_safetensors` per file).
+    Loading a model for training reads tensor by tensor instead (`llm.checkpoints`)."""
+    refs = checkpoint_index(directory)
+    files = {ref.file for ref in refs.values()}
+    tensors = {}
+    for file in sorted(files):
+        tensors.update(read_safetensors(file, check_finite=check_finite))
+    return tensors
+
+
+def write_safetensors_stream(path, specs, produce, metadata: dict[str, str] | None = None
+                             ) -> None:
+    """Write a safetensors file one tensor at a time: `specs` is [(name, shape, dtype)] in file
+    order, `produce(name)` returns that tensor (called once each, in order), so only one tensor
+    is on the host at a time. Writes through epath (local or object-store paths)."""
     header: dict = {"__metadata__": metadata or {"format": "pt"}}
     offset = 0
-    arrays = []
-    for name, array in tensors.items():
-        array = np.ascontiguousarray(array)
-        if array.dtype not in _NAMES:
-            raise CheckpointError(path, f"tensor {name!r}", f"cannot write dtype {array.dtype}")
-        header[name] = {"dtype": _NAMES[array.dtype], "shape": list(array.shape),
-                        "data_offsets": [offset, offset + array.nbytes]}
-        offset += array.nbytes
-        arrays.append(array)
+    for name, shape, dtype in specs:
+        dtype = np.dtype(dtype)
+        if dtype not in _NAMES:
+            raise CheckpointError(path, f"tensor {name!r}", f"cannot write dtype {dtype}")
+        nbytes = math.prod(shape) * dtype.itemsize
+        header[name] = {"dtype": _NAMES[dtype], "shape": list(shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # data section 8-byte aligned
-    with open(path, "wb") as f:
+    with epath.Path(path).open("wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
-        for array in arrays:
+        for name, shape, dtype in specs:
+            array = np.ascontiguousarray(produce(name), dtype)
+            if array.shape != tuple(shape):
+                raise CheckpointError(path, f"tensor {name!r}", f"produced shape {array.shape}, "
+                                      f"declared {tuple(shape)}")
             f.write(array.tobytes())
+
+
+def write_safetensors(path, tensors: dict[str, np.ndarray],
+                      metadata: dict[str, str] | None = None) -> None:
+    arrays = {name: np.ascontiguousarray(a) for name, a in tensors.items()}
+    write_safetensors_stream(path, [(n, a.shape, a.dtype) for n, a in arrays.items()],
+                             arrays.__getitem__, metadata)

@@ -28,6 +28,7 @@ import time
 
 import jax
 import numpy as np
+from etils import epath
 
 import modeseek
 from llm import models, onpolicy, run_folder, steps
@@ -65,10 +66,10 @@ def reference_key(cfg, stage_cfg, stage_dir) -> str:
     size and mtime, or its name and the seed for a random init), lengths, template and the
     fields that pick the rows."""
     data = models.train_source(cfg, stage_cfg)
-    run_dir = os.path.dirname(os.path.abspath(stage_dir))
+    run_dir = run_folder.parent_dir(stage_dir)
     init = os.path.join(run_dir, stage_cfg.init, "params") if stage_cfg.init else cfg.model
     weights = (run_folder.fingerprint(files=[init], file_identity="stat")
-               if os.path.exists(init) else None)
+               if epath.Path(init).exists() else None)
     return run_folder.fingerprint(
         files=[data] if isinstance(data, str) else (),
         fields={"rows": None if isinstance(data, str) else data, "model": cfg.model,
@@ -84,7 +85,7 @@ def reference_cache(cfg, stage_cfg, stage_dir, tokenizer, mesh, model_config, pa
     policy (`params`) and stored in <workdir>/cache/<stage>.ref_logps.npz keyed by
     `reference_key`: reused only when computed from the same inputs (a stale file, e.g. of
     other data, is recomputed with a warning), and outliving a deleted stage folder."""
-    path = os.path.join(os.path.dirname(os.path.abspath(stage_dir)), "cache",
+    path = os.path.join(run_folder.parent_dir(stage_dir), "cache",
                         f"{stage_cfg.name}.ref_logps.npz")
 
     def compute():
@@ -127,8 +128,8 @@ def run_stage(cfg, stage_cfg, stage_dir: str, *, resume: bool = False,
         if jax.process_index() == 0:
             print(f"{stage_dir}: finished earlier; skipping it (its outputs are kept)",
                   flush=True)
-        with open(os.path.join(stage_dir, "summary.json")) as f:
-            return {**json.load(f), "skipped": True}
+        summary = (epath.Path(stage_dir) / "summary.json").read_text()
+        return {**json.loads(summary), "skipped": True}
     mesh = shd.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     env = models.StageEnv.create(cfg, stage_cfg, stage_dir, mesh)
     check_stage_fits(cfg, stage_cfg, mesh, models.load_base(cfg.model)[0])

@@ -3,8 +3,6 @@ early, naming the argument (and, for unknown names, the closest known one)."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from jax import core
 
@@ -88,6 +86,8 @@ def check_known_keys(where: str, given, known) -> None:
 def check_new_run_folder(path: str, flag: str = "--out") -> None:
     """Refuse a run folder that already holds a run (its config.json): results are never
     overwritten. Raises FileExistsError naming the flag."""
-    if os.path.exists(os.path.join(path, "config.json")):
+    from etils import epath  # local and object-store (gs://) folders alike
+
+    if (epath.Path(path) / "config.json").exists():
         raise FileExistsError(f"{flag}={path} already holds a run (config.json); runs are never "
                               f"overwritten: choose a new {flag}")

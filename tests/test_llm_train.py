@@ -118,7 +118,8 @@ def test_ppo_trains_with_value_head_and_adaptive_kl(tmp_path):
 @pytest.mark.parametrize("name,gold,kind", [
     ("smollm2_min_length", "neg_length", "rule"), ("tiny", "neg_length", "rule"),
     ("pythia_alpacafarm", "alpacafarm_rm", "hf_model"),
-    ("mistral_ultrafeedback", "ultrarm", "hf_model")])
+    ("mistral_ultrafeedback", "ultrarm", "hf_model"),
+    ("qwen2_ultrafeedback", "ultrarm", "hf_model")])
 def test_configs_name_their_gold_reward(name, gold, kind):
     """Gold rewards are data in each config (evaluation only); the training reward defaults to
     the stage's reward-model stage (cfg.reward names none until overridden)."""

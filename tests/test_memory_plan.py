@@ -220,7 +220,9 @@ def test_dry_run_mistral_on_8_simulated_devices():
         "from llm.dry_run import dry_run_report\n"
         "from modeseek import decoder as dec\n"
         "model = dec.DecoderConfig.mistral_7b(dtype='bfloat16', param_dtype='bfloat16')\n"
-        "print(dry_run_report(get_config('mistral_ultrafeedback'), jax.devices(),\n"
+        "cfg = get_config('mistral_ultrafeedback')\n"
+        "cfg.param_dtype = 'bfloat16'\n"
+        "print(dry_run_report(cfg, jax.devices(),\n"
         "                     model_config=model, device_bytes=80 * 1024**3))\n")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)

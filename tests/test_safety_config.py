@@ -46,7 +46,8 @@ def test_valid_config_and_the_shipped_configs_pass():
     import configs.llm
 
     validate_llm_config(_config(), data_parallel=2)
-    for name in ("tiny", "smollm2_min_length", "pythia_alpacafarm", "mistral_ultrafeedback"):
+    for name in ("tiny", "smollm2_min_length", "pythia_alpacafarm", "mistral_ultrafeedback",
+                 "qwen2_ultrafeedback"):
         validate_llm_config(configs.llm.get_config(name))
 
 

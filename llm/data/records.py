@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from absl import logging
+from etils import epath
 
 PROMPT = "prompt"
 # (chosen, rejected, chosen score, rejected score) column names, per schema.
@@ -93,7 +94,7 @@ def record_skip(stats: dict[str, Any], err: BadRowError) -> None:
 
 def _iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
     """Yields (1-based line, parsed object | BadRowError | None for a blank line)."""
-    with open(path, "rb") as f:
+    with epath.Path(path).open("rb") as f:  # local or object-store (gs://) files
         for line_no, raw in enumerate(f, start=1):
             source = f"{path}:{line_no}"
             try:
@@ -280,7 +281,7 @@ def read_rows(
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not epath.Path(path).is_file():
         raise FileNotFoundError(path)
     stats, rows = new_stats(kind), []
     known, ignored = _known_columns(kind), set()
