@@ -35,8 +35,9 @@ Expected:  the paper: on Min and Skew Length on-policy DPO shortens responses fa
            lag; on Mode Length all methods end close together. Measured (`reduced`, medians over
            the 2 verdict seeds, target length ≤ 0.1 · π_ref's mean 28.1 = 2.8 tokens;
            synthetic/results/report.md): on (1e-4, 3e-4, 1e-3) every (task, method) chose 1e-3,
-           on (3e-4, 1e-3, 3e-3) every method chose 3e-3 on Min and Mode and all but RWR and
-           Pref-FT (1e-3) on Skew: the selection criterion (mean length over training) rewards
+           on (3e-4, 1e-3, 3e-3) every method chose 3e-3 on Min, all but RWR and Pref-FT (1e-3)
+           on Skew, and all but PPO chose 1e-3 on Mode (the one task whose optimum the grid now
+           brackets): on Min/Skew the selection criterion (mean length over training) rewards
            speed, so the best rate is the largest stable one, and at 3e-3 the task is solved in
            2 iterations (4 steps) by every method but RWR and Pref-FT, where differences vanish
            into ties. Steps to the target on Min at 3e-4 / 1e-3 / 3e-3: on-policy DPO 22 / 7 /
