@@ -3,23 +3,24 @@
 Command:   python -m bandits                       (this config, writes runs/bandits-<time>/)
            python -m bandits --config=configs/bandits.py:quick --out /tmp/quick
            python -m bandits --config.policy=tabular
-Runtime:   default: 1,205 runs, 120,500 run-steps, 2 compiled programs (compiled on threads
-           while the SFT runs, LLVM at -O1), one algorithm per compiled call. Measured on this
-           2-core CPU with every other job stopped: 58.8 s wall / 108.5 CPU-s from a fresh
-           cache (imports ≈ 4 s, startup 14.9 s = compile 25 CPU-s ∥ SFT 7 s, runs 38.8 s,
-           report and plots ≈ 4 s). Earlier versions: 97 s idle (150 steps, -O3, serial
-           compile), 215 s (issue 9's first measurement). A second run skips most of the
-           compile (persistent cache under runs/.jax_cache).
-           benchmarks/bandits_sweep.py times it against a PyTorch port.
+Runtime:   default: 1,205 runs, 96,400 run-steps, 2 compiled programs (compiled on threads
+           while the SFT runs; LLVM -O1, one codegen module), one algorithm per compiled call.
+           Measured on this 2-core CPU with nothing else running, empty compile cache: 56.7 s
+           wall by `time`, 96.9 CPU-s (imports ≈ 4 s, startup 16.4 s = compile 27 CPU-s ∥ SFT
+           9 CPU-s, runs 29.5 s, report and plots ≈ 4 s). At 100 steps: 62–66 s; at the start
+           of this work (150 steps, -O3, serial compile): 101.8 s; issue 9's first measurement
+           215 s. A second run skips most of the compile (persistent cache under
+           runs/.jax_cache). benchmarks/bandits_sweep.py times it against a PyTorch port.
 Expected:  bandits/results/report.md (the committed report of this config). R1 (peak where
            π_ref is small): on-policy methods at their best lr reach 0.9·max in 10–50 steps
-           (median), offline ones never except offline DPO (90); offline Pref-FT / Best-of-N /
-           RWR end at their exact ceilings 0.078 / 0.313 / 0.203. R2: everything but Pref-FT
-           (0.59), offline RWR (0.70), offline Best-of-N (0.95) and offline IPO (0.95) ends at
-           1.0. Verdicts: 1b, 1c, 2b held; 1 held for 2 of 3 pairs (on-policy DPO loses to
-           offline DPO at lr 0.1, where 5/10 on-policy runs stall); 2 held for 1 of 4; 3 held
-           at 2 of 3 step sizes for 2 of 3 pairs (all three tie or are never reached at the
-           smallest); 4 did not hold (spread > 0.05: offline Best-of-N and IPO sit at ≈ 0.95).
+           (median), offline ones never within 80 steps (offline DPO at lr 0.03: 80); offline
+           Pref-FT / Best-of-N / RWR end at their exact ceilings 0.078 / 0.313 / 0.203. R2:
+           everything but Pref-FT (0.58), offline RWR (0.70), offline Best-of-N (0.94) and
+           offline IPO (0.95) ends at 1.0. Verdicts: 1b, 1c, 2b held; 1 held for 2 of 3 pairs
+           (on-policy DPO is not ahead of offline DPO at lr 0.1, where 5/10 on-policy runs
+           stall); 2 held for 1 of 4; 3 held at the best lrs for 2 of 3 pairs, at 2 of 3 step
+           sizes (on/neg ties on-policy Best-of-N); 4 did not hold (spread > 0.05: offline
+           Best-of-N and IPO sit at ≈ 0.95).
 
 Geometry map (issue 14; bandits/geometry.py):
 Command:   python -m bandits --config=configs/bandits.py:geometry --out runs/geometry
@@ -54,10 +55,10 @@ Sizing (to the < 60 s budget of issue 9 on this CPU): the issue's minimums (≥ 
 ≥ 10 verdict seeds, a shared lr grid, T up to 32, B/M up to 64) fix the table: 3 step sizes ×
 15 seeds × (13 methods on R1 + 8 on R2) + ablations (3 methods × 6 T + 2 methods × 4 B/M) × 10
 seeds. A run-step costs ≈ 0.6 CPU-ms (the MLP's forward and backward, and Adam's passes over
-109k parameters and moments, ≈ 0.35 ms, are the floor), so the length is what gives: 100
-gradient steps (150 before) — on-policy methods at their best lr reach 0.9 within 10–50 steps,
-early reward is read at steps 25/50/100, and the slowest settings (B/M = 64, T = 32, offline
-methods) are reported as "never" within 100 steps. The grid {1e-2, 3e-2, 1e-1} replaced
+109k parameters and moments, ≈ 0.35 ms, are the floor), so the length is what gives: 80
+gradient steps (150, then 100 before) — on-policy methods at their best lr reach 0.9 within
+10–50 steps, early reward is read at steps 25/50, and the slowest settings (B/M = 64, T = 32,
+offline methods) are reported as "never" within 80 steps. The grid {1e-2, 3e-2, 1e-1} replaced
 {3e-3, 1e-2, 3e-2} because 15 of 21 methods chose the old grid's top, so their optima lay above
 it; on the new grid 11 of 21 choose 0.1 and 10 choose a smaller rate, and 0.1 is where stalls
 (collapses onto a near-peak action) become frequent — the grid now brackets the optimum.
@@ -90,7 +91,7 @@ def get_config(arg: str = ""):
     c.lr_grid = (1e-2, 3e-2, 1e-1)
     c.selection_seeds = 5           # held out: choose each method's best lr
     c.verdict_seeds = 10            # judge every finding
-    c.num_steps = 100
+    c.num_steps = 80
     c.eval_every = 5                # exact metrics every this many gradient steps
     # Under on-policy training the MLP's output barely depends on the prompt (recorded per run
     # as final_reward_prompt_std), so 10 evaluation prompts give the 100-prompt metric.
@@ -125,7 +126,7 @@ def get_config(arg: str = ""):
             peaks=tuple(range(0, 100, 5)), widths=(10.0, 30.0), methods=GEOMETRY_METHODS,
             learning_rates=ml_collections.ConfigDict({m: 0.03 for m in GEOMETRY_METHODS}),
             seeds=5))
-        c.num_steps = 150  # the committed map's length (made before the study moved to 100)
+        c.num_steps = 150  # the committed map's length (made before the study moved to 80)
     elif arg == "quick":
         c.selection_seeds = 2
         c.verdict_seeds = 3
