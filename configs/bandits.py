@@ -7,9 +7,10 @@ Runtime:   default: 1,205 runs, 96,400 run-steps, 2 compiled programs (compiled 
            while the SFT runs; LLVM -O1, one codegen module), one algorithm per compiled call.
            Measured on this 2-core CPU with nothing else running, empty compile cache: 56.7 s
            wall by `time`, 96.9 CPU-s (imports ≈ 4 s, startup 16.4 s = compile 27 CPU-s ∥ SFT
-           9 CPU-s, runs 29.5 s, report and plots ≈ 4 s). At 100 steps: 62–66 s; at the start
-           of this work (150 steps, -O3, serial compile): 101.8 s; issue 9's first measurement
-           215 s. A second run skips most of the compile (persistent cache under
+           9 CPU-s, runs 29.5 s, report and plots ≈ 4 s). At 100 steps (in-program timer,
+           imports excluded): 57.7–63.6 s, 75.5 s once; at the start of this work (150 steps,
+           -O3, serial compile): 101.8 s by `time`; issue 9's first measurement 215 s.
+           A second run skips most of the compile (persistent cache under
            runs/.jax_cache). benchmarks/bandits_sweep.py times it against a PyTorch port.
 Expected:  bandits/results/report.md (the committed report of this config). R1 (peak where
            π_ref is small): on-policy methods at their best lr reach 0.9·max in 10–50 steps
