@@ -164,8 +164,7 @@ class StageEnv:
                             max_prompt_len=data.max_prompt_len,
                             max_response_len=None if prompts_only else data.max_response_len,
                             prompts_only=prompts_only, shuffle=False, num_epochs=1,
-                            use_chat_template=data.use_chat_template, num_threads=1,
-                            skip_bad_rows=data.skip_bad_rows)
+                            num_threads=1, **loader_options(data))
         return it
 
     def make_evaluator(self, kind: str):
@@ -247,6 +246,12 @@ def stage_model_config(base: dec.DecoderConfig, stage_cfg) -> dec.DecoderConfig:
     if k > base.num_layers:
         raise ValueError(f"stage {stage_cfg.name}: trunk_layers={k} > {base.num_layers} layers")
     return base.replace(num_layers=k)
+
+
+def loader_options(data) -> dict:
+    """The `make_loader` keywords every stage takes from `config.data`."""
+    return dict(use_chat_template=data.use_chat_template, skip_bad_rows=data.skip_bad_rows,
+                system_prompt=data.system_prompt)
 
 
 def train_source(cfg, stage_cfg):

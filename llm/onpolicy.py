@@ -92,8 +92,7 @@ def run(cfg, stage_cfg, stage_dir, env, *, resume: bool, on_start=None) -> dict:
     it, _ = make_loader(models.train_source(cfg, stage_cfg), tok,
                         batch_size=P // jax.process_count(),
                         max_prompt_len=cfg.data.max_prompt_len, prompts_only=True, shuffle=True,
-                        seed=cfg.seed, use_chat_template=cfg.data.use_chat_template,
-                        skip_bad_rows=cfg.data.skip_bad_rows, num_threads=1)
+                        seed=cfg.seed, num_threads=1, **models.loader_options(cfg.data))
     peak = logs.peak_flops_per_device()
     starvation = config_checks.PairStarvation(stage_cfg.max_zero_pair_iterations)
 

@@ -45,8 +45,7 @@ def pair_loader(cfg, tokenizer, source, batch_size, *, shuffle, seed, num_epochs
                             max_prompt_len=cfg.data.max_prompt_len,
                             max_response_len=cfg.data.max_response_len, shuffle=shuffle,
                             seed=seed, num_epochs=num_epochs,
-                            use_chat_template=cfg.data.use_chat_template,
-                            skip_bad_rows=cfg.data.skip_bad_rows, num_threads=1)
+                            num_threads=1, **models.loader_options(cfg.data))
     if stats["rows_skipped"] and jax.process_index() == 0:
         print(f"{cfg.data.train}: skipped {stats['rows_skipped']} of "
               f"{stats['rows_checked']} rows: {stats['skipped_by_reason']}")
@@ -76,7 +75,8 @@ def reference_key(cfg, stage_cfg, stage_dir) -> str:
                 "weights": weights, "init": stage_cfg.init, "seed": cfg.seed,
                 "trunk_layers": stage_cfg.trunk_layers, "data": {
                     k: cfg.data[k] for k in ("max_prompt_len", "max_response_len",
-                                             "use_chat_template", "skip_bad_rows")},
+                                             "use_chat_template", "skip_bad_rows",
+                                             "system_prompt")},
                 "dtypes": [cfg.get("param_dtype", None), cfg.get("compute_dtype", None)]})
 
 

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 import llm.data as data
 from llm.data import min_length
 
-SPECIALS = ["[PAD]", "[EOS]", "[UNK]", "[BOS]", "<|user|>", "<|assistant|>"]
+SPECIALS = ["[PAD]", "[EOS]", "[UNK]", "[BOS]", "<|system|>", "<|user|>", "<|assistant|>"]
 
 
 class TinyTokenizer:
@@ -256,6 +256,20 @@ def test_chat_template_and_bos(tok_model):
                                   [tok.id(w) for w in ["A", "cat", ".", "[EOS]"]])
     plain = data.Encoder(tok, max_prompt_len=8, max_response_len=4, use_chat_template=False)(row)
     assert plain["prompt_mask"].sum() == 4
+
+
+def test_system_prompt_opens_prompts_without_one(tok_model):
+    tok = ChatTinyTokenizer(tok_model)
+    user = [{"role": "user", "content": "Describe a cat."}]
+    own = [{"role": "system", "content": "a dog ."}, *user]
+    enc = data.Encoder(tok, max_prompt_len=12, max_response_len=4, system_prompt="a cat .")
+    for prompt, system in ((user, "a cat ."), (own, "a dog .")):  # the row's own turn wins
+        out = enc({"prompt": prompt, "chosen": "A cat.", "rejected": "A dog.", "source": "s:1"})
+        words = ["[BOS]", "<|system|>", *system.split(), "<|user|>", "Describe", "a", "cat",
+                 ".", "<|assistant|>"]
+        ids = out["prompt_tokens"][out["prompt_mask"]]
+        np.testing.assert_array_equal(ids, [tok.id(w) for w in words])
+    assert data.with_system_prompt(user, "") is user
 
 
 def test_overlong_and_identical_after_truncation(tokenizer):

@@ -10,6 +10,8 @@ Rules (one example; P = max_prompt_len, T = max_response_len):
   template is used (default: when the tokenizer has one), else the message contents joined by
   a blank line (a plain string prompt is used unchanged). Prompt ids = ``encode(text)``; a doubled
   leading BOS (template text + encoder) is reduced to one.
+* System prompt: a non-empty ``system_prompt`` is put first as a ``system`` message unless the
+  row's prompt already opens with one (the row's own system turn wins).
 * Special-token text inside user messages or responses stays text when the tokenizer has
   ``encode_text`` and ``encode_chat`` (``llm.tokenizer.Tokenizer``): prompt ids are then
   ``encode_chat(messages)`` (template path) or [BOS] + ``encode_text(text)``, responses
@@ -35,6 +37,14 @@ from typing import Any
 import numpy as np
 
 from llm.data.records import BadRowError
+
+
+def with_system_prompt(messages: list[dict[str, str]], system_prompt: str) -> list[dict[str, str]]:
+    """`messages` opened by a system turn holding `system_prompt` (unchanged when it is empty
+    or the messages already open with a system turn)."""
+    if not system_prompt or (messages and messages[0]["role"] == "system"):
+        return messages
+    return [{"role": "system", "content": system_prompt}, *messages]
 
 
 def pad_id_of(tokenizer) -> int:
@@ -135,7 +145,7 @@ class Encoder:
     def __init__(self, tokenizer, *, max_prompt_len: int, max_response_len: int | None = None,
                  pairs: bool = True, with_scores: bool = False, truncate_prompt: bool = True,
                  truncate_response: bool = True, use_chat_template: bool | None = None,
-                 append_eos: bool = True):
+                 append_eos: bool = True, system_prompt: str = ""):
         if max_prompt_len <= 0 or (pairs and (max_response_len is None or max_response_len <= 0)):
             raise ValueError("max_prompt_len and max_response_len must be positive, got "
                              f"{max_prompt_len}, {max_response_len}")
@@ -144,10 +154,12 @@ class Encoder:
         self.pairs, self.with_scores = pairs, with_scores
         self.truncate_prompt, self.truncate_response = truncate_prompt, truncate_response
         self.use_chat_template, self.append_eos = use_chat_template, append_eos
+        self.system_prompt = system_prompt
 
     def __call__(self, row: dict[str, Any]) -> dict[str, np.ndarray]:
         src = row.get("source", "<row>")
-        ids = encode_prompt(self.tokenizer, row["prompt"], use_chat_template=self.use_chat_template)
+        ids = encode_prompt(self.tokenizer, with_system_prompt(row["prompt"], self.system_prompt),
+                            use_chat_template=self.use_chat_template)
         ids = _fit(ids, self.max_prompt_len, left=True, allowed=self.truncate_prompt, source=src,
                    field="prompt", what="prompt")
         out = dict(zip(("prompt_tokens", "prompt_mask"),

@@ -80,6 +80,7 @@ def make_loader(
     truncate_response: bool = True,
     use_chat_template: bool | None = None,
     append_eos: bool = True,
+    system_prompt: str = "",
     num_threads: int = 2,
     prefetch_buffer_size: int = 4,
 ) -> tuple[grain.DatasetIterator, dict[str, Any]]:
@@ -97,7 +98,8 @@ def make_loader(
       num_epochs: passes over the data; ``None`` repeats forever.
       shard_options: defaults to ``grain.sharding.ShardByJaxProcess(drop_remainder=True)``.
       skip_bad_rows: skip and count bad rows (reading and tokenisation) instead of raising.
-      truncate_prompt, truncate_response, use_chat_template, append_eos: see ``Encoder``.
+      truncate_prompt, truncate_response, use_chat_template, append_eos, system_prompt: see
+        ``Encoder``.
       num_threads, prefetch_buffer_size: grain read threads and prefetch depth.
 
     Returns:
@@ -117,7 +119,8 @@ def make_loader(
     encoder = Encoder(tokenizer, max_prompt_len=max_prompt_len, max_response_len=max_response_len,
                       pairs=pairs, with_scores=pairs and has_scores,
                       truncate_prompt=truncate_prompt, truncate_response=truncate_response,
-                      use_chat_template=use_chat_template, append_eos=append_eos)
+                      use_chat_template=use_chat_template, append_eos=append_eos,
+                      system_prompt=system_prompt)
     stats = {"kind": "pairs" if pairs else "prompts", "has_scores": encoder.with_scores,
              "read": read_stats, "rows_checked": len(rows), "rows_kept": 0, "rows_skipped": 0,
              "skipped_by_reason": {}}
