@@ -7,8 +7,14 @@ checkpointable state; ``default_dataset_path`` is the embedded Min Length data (
 
 import os
 
-from llm.data.encoding import (Encoder, encode_prompt, encode_response, pad_left, pad_right,
-                               with_system_prompt)
+from llm.data.encoding import (
+    Encoder,
+    encode_prompt,
+    encode_response,
+    pad_left,
+    pad_right,
+    with_system_prompt,
+)
 from llm.data.loader import make_loader
 from llm.data.records import (
     BadRowError,
