@@ -11,6 +11,7 @@ achieved GFLOP/s (6 x parameters x tokens + attention, the usual estimate), with
 
   python benchmarks/forward.py --compile-only 2,8,32   # compile time of the step vs depth
   python benchmarks/forward.py --attention-only        # dot_product vs einsum attention alone
+  python benchmarks/forward.py --compiler-options      # XLA:CPU matmul paths, one by one
   (--attention dot_product|einsum and --remat none|dots_saveable|full apply to every mode)
 
 Compile time of the training step (forward + backward + AdamW, SmolLM2-135M width, 8 x 256,
@@ -52,7 +53,7 @@ from modeseek import decoder as dec  # noqa: E402
 from modeseek.decoder_layers import _attention_mask, _einsum_attention, _fused_attention  # noqa: E402,E501
 
 
-def make_step(config, optimizer):
+def make_loss(config):
     def loss_fn(params, tokens_BxL):
         logits_BxLxV = dec.forward(params, config, tokens_BxL)[:, :-1]
         # logits at t predict token t+1; float32 log-softmax
@@ -60,12 +61,18 @@ def make_step(config, optimizer):
         target_BxL = jnp.take_along_axis(logits_BxLxV, tokens_BxL[:, 1:, None], -1)[..., 0]
         return jnp.mean(lse_BxL - target_BxL)
 
+    return loss_fn
+
+
+def make_step(config, optimizer, *, donate=True):
+    loss_fn = make_loss(config)
+
     def step(params, opt_state, tokens_BxL):
         loss, grads = jax.value_and_grad(loss_fn)(params, tokens_BxL)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    return jax.jit(step, donate_argnums=(0, 1) if donate else ())
 
 
 def compile_times(depths, batch: int, length: int, **options) -> None:
@@ -137,6 +144,53 @@ def attention_times(batch: int, length: int, repeats: int = 5) -> None:
     print(f"load average {os.getloadavg()[0]:.1f}")
 
 
+# XLA:CPU options that pick the matmul library, measured one at a time against the default
+CANDIDATE_OPTIONS = {
+    "default": {},
+    "onednn": {"xla_cpu_use_onednn": True},
+    "xnnpack": {"xla_cpu_use_xnnpack": True},
+    "ynn_dot": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
+}
+
+
+def compiler_option_times(config, params, tokens, steps: int) -> None:
+    """The training step compiled under each of CANDIDATE_OPTIONS, timed round-robin in one
+    process (best of `steps`), with parity against the default build: the loss, and every
+    gradient leaf within 1e-4 of its own largest entry (reduction order may differ between
+    matmul libraries; Adam-stepped parameters are not compared, see tests/test_llm_sharding)."""
+    optimizer = optax.adamw(1e-5, weight_decay=0.0)
+    loss_and_grads = jax.value_and_grad(make_loss(config))
+    opt_state = optimizer.init(params)
+    step = make_step(config, optimizer, donate=False)
+    built, reference = {}, None
+    for name, options in CANDIDATE_OPTIONS.items():
+        start = time.perf_counter()
+        built[name] = step.lower(params, opt_state, tokens).compile(compiler_options=options)
+        compile_s = time.perf_counter() - start
+        loss, grads = jax.jit(loss_and_grads, compiler_options=options)(params, tokens)
+        if reference is None:
+            reference = (loss, grads)
+        worst = max(jax.tree.leaves(jax.tree.map(
+            lambda g, r: float(jnp.max(jnp.abs(g - r)) / (jnp.max(jnp.abs(r)) + 1e-30)),
+            grads, reference[1])))
+        print(f"{name}: compile {compile_s:.1f}s, loss {float(loss):.6f} "
+              f"(default {float(reference[0]):.6f}), worst relative gradient difference "
+              f"{worst:.1e}", flush=True)
+    best = dict.fromkeys(built, (float("inf"), float("inf")))
+    for _ in range(steps):
+        for name, fn in built.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            jax.block_until_ready(fn(params, opt_state, tokens))
+            wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+            best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
+    print(f"\nload average {os.getloadavg()[0]:.2f}; best of {steps}, round-robin")
+    print("| options | step s | CPU s | vs default |")
+    print("|---|---|---|---|")
+    for name, (wall, cpu) in best.items():
+        print(f"| {name} `{CANDIDATE_OPTIONS[name]}` | {wall:.2f} | {cpu:.2f} | "
+              f"{best['default'][0] / wall:.2f}x |")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -147,6 +201,8 @@ def main(argv=None) -> int:
                         help="comma-separated depths, e.g. 2,8,32: compile times only")
     parser.add_argument("--attention-only", action="store_true",
                         help="time attention alone: dot_product vs einsum")
+    parser.add_argument("--compiler-options", action="store_true",
+                        help="time the step under each XLA:CPU matmul option (no torch)")
     parser.add_argument("--attention", default="dot_product", help="dot_product | einsum")
     parser.add_argument("--remat", default="none", help="none | dots_saveable | full")
     args = parser.parse_args(argv)
@@ -166,6 +222,9 @@ def main(argv=None) -> int:
     flops = 6 * n_params * B * L + 12 * config.num_layers * config.embed_dim * B * L * L
     print(f"jax {jax.__version__}, {os.cpu_count()} CPUs; SmolLM2-135M ({n_params / 1e6:.1f}M "
           f"params) float32; {B} x {L} tokens; AdamW lr 1e-5")
+    if args.compiler_options:
+        compiler_option_times(config, params, tokens, args.steps)
+        return 0
 
     model = None
     if not args.no_transformers:
