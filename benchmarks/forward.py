@@ -48,6 +48,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import modeseek  # noqa: E402
 from llm.checkpoints import load_smollm2, save_hf  # noqa: E402
 from modeseek import decoder as dec  # noqa: E402
 from modeseek.decoder_layers import _attention_mask, _einsum_attention, _fused_attention  # noqa: E402,E501
@@ -55,11 +56,9 @@ from modeseek.decoder_layers import _attention_mask, _einsum_attention, _fused_a
 
 def make_loss(config):
     def loss_fn(params, tokens_BxL):
-        logits_BxLxV = dec.forward(params, config, tokens_BxL)[:, :-1]
-        # logits at t predict token t+1; float32 log-softmax
-        lse_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
-        target_BxL = jnp.take_along_axis(logits_BxLxV, tokens_BxL[:, 1:, None], -1)[..., 0]
-        return jnp.mean(lse_BxL - target_BxL)
+        # the library's log-prob helper (logits at t−1 predict token t), mean over tokens
+        logits_BxLxV = dec.forward(params, config, tokens_BxL)
+        return -jnp.mean(modeseek.token_logprobs(logits_BxLxV, tokens_BxL)[:, 1:])
 
     return loss_fn
 

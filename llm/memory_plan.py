@@ -31,14 +31,16 @@ axis when that dimension divides by it). Saved for the backward pass, per layer 
 
 times num_layers · B · L, plus once the backward's transient float32 gradients of one layer's
 probabilities and scores (2·4·H·L/t; none with fused attention). Outside the layers:
-`LOGITS_COPIES` = 5 float32 [B, L, V/t] buffers (logits, their L−1 slice, log-softmax, the
-backward's scattered and logits gradients; no remat applies to them, and for big vocabularies
-they dominate; 5 is what XLA on CPU keeps, measured from the slope in V), and c·3·D + L bytes
-per token (embedding output, final norm, the boolean attention mask). The coefficients were
-checked against XLA's `compiled.memory_analysis()` on CPU (tests/test_memory_plan.py): XLA's
-temp allocation of a float32 train step was 0.77–1.12 × (gradients + activations) over 14
-configurations (unrolled and scanned layers, the three remat policies); the estimate errs high
-rather than low, and more so on GPUs, whose programs fuse more elementwise work.
+`LOGITS_COPIES` = 3 float32 [B, L, V/t] buffers (the logits and their gradient, 8 bytes per
+token per vocabulary entry by XLA's slope in V on CPU since `modeseek.token_logprobs` gathers
+x[y] − logsumexp(x) without a log-softmax buffer; plus one for the fused temporaries that small
+vocabularies show; no remat applies to them, and for big vocabularies they dominate), and
+c·3·D + L bytes per token (embedding output, final norm, the boolean attention mask). The
+coefficients were checked against XLA's `compiled.memory_analysis()` on CPU
+(tests/test_memory_plan.py): XLA's temp allocation of a float32 train step is 0.77–1.22 ×
+(gradients + activations) over the 5 configurations tested (vocabularies 256–4096, the three
+remat policies); the estimate errs high rather than low, and more so on GPUs, whose programs
+fuse more elementwise work.
 
 Phases: parameters, optimizer state, reference and reward models stay resident; the update
 adds gradients + activations, generation adds the KV cache (they never run at once), so
@@ -63,7 +65,7 @@ from modeseek import decoder as dec
 
 GiB = 1024**3
 REMATS = ("none", "dots_saveable", "full")
-LOGITS_COPIES = 5  # float32 [B, L, V] buffers of the loss head (see module docstring)
+LOGITS_COPIES = 3  # float32 [B, L, V] buffers of the loss head (see module docstring)
 RESIDENT = ("parameters", "optimizer_state", "reference_model", "reward_model")
 UPDATE = ("gradients", "activations")
 GENERATION = ("kv_cache",)

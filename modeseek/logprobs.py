@@ -41,11 +41,16 @@ def token_logprobs(logits, tokens, mask=None):
         )
     if mask is not None:
         check_same_shape(tokens=tokens, mask=mask)
-    logp_LxV = jax.nn.log_softmax(logits[..., :-1, :].astype(jnp.float32), axis=-1)
-    next_tokens = tokens[..., 1:]
-    picked = jnp.take_along_axis(logp_LxV, next_tokens[..., None], axis=-1)[..., 0]
-    pad = jnp.zeros(picked.shape[:-1] + (1,), jnp.float32)
-    out = jnp.concatenate([pad, picked], axis=-1)
+    # log softmax(x)[y] = x[y] − logsumexp(x), without a [.., L, V] log-softmax (or a sliced
+    # copy of the logits) in memory: one reduction and one gather over the vocabulary, and the
+    # gradient is a single softmax buffer. Position t gathers token t+1 (the last position
+    # gathers a dummy that is dropped).
+    logits_xLxV = logits.astype(jnp.float32)
+    lse_xL = jax.nn.logsumexp(logits_xLxV, axis=-1)
+    next_xL = jnp.concatenate([tokens[..., 1:], tokens[..., :1]], axis=-1)
+    picked_xL = jnp.take_along_axis(logits_xLxV, next_xL[..., None], axis=-1)[..., 0] - lse_xL
+    pad = jnp.zeros(picked_xL.shape[:-1] + (1,), jnp.float32)
+    out = jnp.concatenate([pad, picked_xL[..., :-1]], axis=-1)
     if mask is not None:
         out = jnp.where(mask.astype(bool), out, 0.0)
     return out
