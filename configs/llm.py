@@ -117,7 +117,12 @@ def min_length(model, *, tiny=False):
     c.stages.onpolicy_dpo = stage("onpolicy_dpo", "onpolicy", algorithm="onpolicy_dpo",
                                   num_iterations=100, prompts_per_iteration=4,
                                   samples_per_prompt=2, reuse=1, minibatch_prompts=4,
-                                  max_new_tokens=128, hparams=dict(beta=0.1), **policy)
+                                  max_new_tokens=128, hparams=dict(beta=0.1),
+                                  # the policy collapses onto one shortest answer (≈ 3 tokens by
+                                  # iteration ~75): tied samples form no pair and the update is 0
+                                  # (the paper's vanishing gradient), which is the result, not a
+                                  # misconfiguration to stop on
+                                  max_zero_pair_iterations=0, **policy)
     c.stages.offline_dpo = stage("offline_dpo", "offline", algorithm="offline_dpo",
                                  num_steps=100, batch_size=4, hparams=dict(beta=0.1), **policy)
     c.stages.pref_ft = stage("pref_ft", "offline", algorithm="pref_ft", num_steps=100,
