@@ -134,7 +134,8 @@ def min_length(model, *, tiny=False):
         c.stages.reward_model.update(trunk_layers=0, num_steps=6, learning_rate=1e-3)
         for name in ("offline_dpo", "pref_ft"):
             c.stages[name].update(num_steps=4, train_rows=32, learning_rate=1e-3)
-        c.stages.onpolicy_dpo.update(num_iterations=3, learning_rate=1e-3, max_new_tokens=12)
+        c.stages.onpolicy_dpo.update(num_iterations=3, learning_rate=1e-3, max_new_tokens=12,
+                                     max_zero_pair_iterations=3)
         c.eval.update(every=2, num_prompts=8, max_new_tokens=12, batch_size=32)
         c.checkpoint_every = 2
     return c
