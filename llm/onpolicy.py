@@ -13,6 +13,10 @@ rewards, rollout/groups the prompts with at least one (`config_checks.count_pair
 pairwise / group algorithm stops with ConfigError after `max_zero_pair_iterations` (stage
 field, default 3, 0 = never) consecutive iterations without a pair.
 
+Response trimming (stage field `trim_responses`, default on): after sampling, the response
+axis is cut to the smallest power of two ≥ 16 holding every response (`modeseek.response_bucket`),
+so scoring and the update skip the padding of early-stopped samples; each bucket compiles once.
+
 Per-iteration metrics: time_generation / time_scoring / time_update (seconds, each phase
 blocked on; time_scoring includes host rewards, time_reward_host alone), tokens_per_s (real
 tokens in the rollout × (1 + reuse) / iteration time), generation_tokens_per_s, update_mfu
@@ -104,6 +108,8 @@ def run(cfg, stage_cfg, stage_dir, env, *, resume: bool, on_start=None) -> dict:
         samples = jax.block_until_ready(generate(state.params, prompts["prompt_tokens"],
                                                  prompts["prompt_mask"],
                                                  jax.random.fold_in(key, 0)))
+        if stage_cfg.trim_responses:  # score and update only up to the longest response
+            samples = modeseek.trim_responses(samples, modeseek.response_bucket(samples))
         t1 = time.perf_counter()
         host_scores, reward_seconds = reward_pass.host_scores(host_rewards, samples, (P, N))
         rollout, roll_metrics, scores = jax.block_until_ready(

@@ -106,7 +106,14 @@ from modeseek.rewards import (
     pooling_index,
     response_length,
 )
-from modeseek.sampler import SampleOutput, bucket_length, pad_prompts, sample
+from modeseek.sampler import (
+    SampleOutput,
+    bucket_length,
+    pad_prompts,
+    response_bucket,
+    sample,
+    trim_responses,
+)
 from modeseek.taxonomy import (
     ALGORITHMS,
     DEFAULT_HPARAMS,

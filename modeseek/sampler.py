@@ -70,6 +70,36 @@ def bucket_length(n: int, minimum: int = 16) -> int:
         size *= 2
 
 
+def response_bucket(samples: SampleOutput, *, minimum: int = 16) -> int:
+    """The smallest power of two ≥ `minimum` (at most the sampled width T) that holds every
+    sampled response: one scalar read back to the host. With `trim_responses`, later passes
+    (scoring, update) run on [B, P + bucket] instead of [B, P + T], at most log2(T / minimum)
+    + 1 compiled shapes."""
+    T = samples.response_tokens.shape[1]
+    longest = int(jnp.max(jnp.sum(samples.response_mask, axis=1)))
+    size = minimum
+    while size < longest:
+        size *= 2
+    return min(size, T)
+
+
+def trim_responses(samples: SampleOutput, length: int) -> SampleOutput:
+    """`samples` with the response axis cut to its first `length` positions. Only padding is
+    removed when `length` ≥ every response's length (`response_bucket`); masks, log-probs and
+    keep bits are cut alike, so every masked sum is unchanged."""
+    T = samples.response_tokens.shape[1]
+    if not 1 <= length <= T:
+        raise ValueError(f"trim_responses: length must be in 1..{T}, got {length}")
+    keep = samples.tokens.shape[1] - T + length
+    cut = lambda x: None if x is None else x[:, :length]
+    return SampleOutput(
+        tokens=samples.tokens[:, :keep], mask=samples.mask[:, :keep],
+        response_tokens=cut(samples.response_tokens), response_mask=cut(samples.response_mask),
+        response_logps=cut(samples.response_logps),
+        response_sampling_logps=cut(samples.response_sampling_logps),
+        response_keep_bits=cut(samples.response_keep_bits))
+
+
 def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int, *, side: str = "left",
                 length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(tokens [B, length], mask [B, length]) as numpy int32, each prompt padded on `side` to

@@ -87,6 +87,41 @@ def test_update_equals_hand_written_minibatch_loop():
     assert len(set(np.round(losses, 6))) > 1  # the steps really differ
 
 
+def test_trimmed_responses_score_and_update_the_same():
+    """Cutting the response axis to the longest response's bucket removes only padding: the
+    rollout's sequence log-probs, lengths and an SGD update match the untrimmed ones (keep bits
+    included: top-p sampling)."""
+    params = dec.init_params(jax.random.key(2), CFG)
+    policy = ms.PolicyModel(CFG)
+    sampling = ms.Sampling(max_new_tokens=12, top_p=0.9, eos_ids=(3, 4, 5, 6, 7))
+    prompts, mask = _prompts()
+    samples = ms.generate(jax.random.key(3), policy, params, prompts, mask, sampling=sampling,
+                          samples_per_prompt=N)
+    longest = int(np.asarray(samples.response_mask).sum(1).max())
+    assert longest < 12  # the EOS set makes every sample stop early
+    power_of_two = 1 << (longest - 1).bit_length()
+    assert ms.response_bucket(samples, minimum=2) == min(12, max(2, power_of_two))
+    assert ms.response_bucket(samples) == 12  # minimum 16, capped at the sampled width
+    trimmed = ms.trim_responses(samples, longest)
+    assert trimmed.tokens.shape == (P * N, LP + longest)
+    assert trimmed.response_keep_bits.shape[1] == longest
+    with pytest.raises(ValueError, match="length must be in 1..12"):
+        ms.trim_responses(samples, 13)
+    rewards = jnp.arange(P * N, dtype=jnp.float32).reshape(P, N)
+    full, cut = (ms.score_rollout(policy, params, params, s, rewards) for s in (samples, trimmed))
+    for name in ("old_logps", "ref_logps", "lengths"):
+        np.testing.assert_allclose(getattr(cut, name), getattr(full, name), rtol=1e-5, atol=1e-5)
+    opt = optax.sgd(1e-2)
+    step = ms.make_train_step(ms.make_rollout_loss("onpolicy_dpo", policy, sampling,
+                                                   ms.resolve_hparams({"beta": 0.5})), opt)
+    update = jax.jit(ms.make_update(step, reuse=1, minibatch_prompts=P))
+    (a, ma), (b, mb) = (update(ms.init_train_state(params, opt), r, jax.random.key(4))
+                        for r in (full, cut))
+    np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
 def test_sampling_mask_makes_first_update_ratio_one():
     """temperature 0.7, top-p 0.9: training-side log-probs through the kept mask equal the
     sampler's for every response token; without the mask they would not."""
