@@ -30,13 +30,14 @@ def test_min_length_verdict_from_the_curves(tmp_path):
     text = (tmp_path / "report.md")
     report.write_report(str(tmp_path), cfg)
     md = text.read_text()
-    assert ("in 10 steps on-policy vs 20 steps offline; final eval length 5.0 (on-policy) vs "
-            "30.0 (offline) — **held**") in md
+    assert ("falls to 10% of its start in 20 steps on-policy vs never offline (to half: 10 "
+            "steps vs 20 steps); final eval length 5.0 (on-policy) vs 30.0 (offline) — **held**"
+            ) in md
     _write(tmp_path / "pref_ft", [{"step": 0, "eval/length": 61.0}])
     (tmp_path / "offline_dpo" / "metrics.jsonl").write_text(
         json.dumps({"step": 0, "eval/length": 62.0}) + "\n"
         + json.dumps({"step": 5, "eval/length": 3.0}) + "\n")
     report.write_report(str(tmp_path), cfg)
     md = text.read_text()
-    assert "in 10 steps on-policy vs 5 steps offline" in md and "**did not hold**" in md
+    assert "in 20 steps on-policy vs 5 steps offline" in md and "**did not hold**" in md
     assert "Pref-FT (no negative gradient) ends at 61.0 tokens." in md
