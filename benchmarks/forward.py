@@ -50,6 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import modeseek  # noqa: E402
 from llm.checkpoints import load_smollm2, save_hf  # noqa: E402
+from llm.state import train_compiler_options  # noqa: E402
 from modeseek import decoder as dec  # noqa: E402
 from modeseek.decoder_layers import _attention_mask, _einsum_attention, _fused_attention  # noqa: E402,E501
 
@@ -63,7 +64,7 @@ def make_loss(config):
     return loss_fn
 
 
-def make_step(config, optimizer, *, donate=True):
+def make_step(config, optimizer, *, donate=True, compiler_options=None):
     loss_fn = make_loss(config)
 
     def step(params, opt_state, tokens_BxL):
@@ -71,7 +72,8 @@ def make_step(config, optimizer, *, donate=True):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    return jax.jit(step, donate_argnums=(0, 1) if donate else ())
+    return jax.jit(step, donate_argnums=(0, 1) if donate else (),
+                   compiler_options=compiler_options)
 
 
 def compile_times(depths, batch: int, length: int, **options) -> None:
@@ -240,7 +242,10 @@ def main(argv=None) -> int:
         print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
               f"{torch.get_num_threads()} threads")
 
-    step = make_step(config, optax.adamw(1e-5, weight_decay=0.0))
+    # the XLA options the project's training steps compile with (llm.state)
+    print(f"modeseek compiler options: {train_compiler_options()}")
+    step = make_step(config, optax.adamw(1e-5, weight_decay=0.0),
+                     compiler_options=train_compiler_options())
     state = [params, None]
     state[1] = optax.adamw(1e-5, weight_decay=0.0).init(params)
 

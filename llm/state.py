@@ -69,10 +69,23 @@ def mesh_context(mesh):
         yield
 
 
-def jit_sharded(fn, mesh, *, out_shardings=None, donate_argnums=()):
-    """The one jit helper: jit(fn) with output shardings and donation, traced and run under the
-    mesh and logical rules (`mesh_context`). The jitted function is `.jitted`."""
-    jitted = jax.jit(fn, out_shardings=out_shardings, donate_argnums=donate_argnums)
+# XLA:CPU hands every dot of a training step to YNNPACK, not only those it fuses by default:
+# SmolLM2-135M's forward + backward + AdamW step 21.3 → 18.5 s with gradients within 1e-4 of
+# the default build's (benchmarks/forward.py --compiler-options, idle). Training steps only:
+# on the bandit's small matmuls it cost ≈ 20% more CPU (benchmarks/README.md).
+CPU_TRAIN_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+
+
+def train_compiler_options() -> dict:
+    """XLA options of training steps on the default backend ({} off CPU)."""
+    return dict(CPU_TRAIN_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else {}
+
+
+def jit_sharded(fn, mesh, *, out_shardings=None, donate_argnums=(), compiler_options=None):
+    """The one jit helper: jit(fn) with output shardings, donation and XLA options, traced and
+    run under the mesh and logical rules (`mesh_context`). The jitted function is `.jitted`."""
+    jitted = jax.jit(fn, out_shardings=out_shardings, donate_argnums=donate_argnums,
+                     compiler_options=compiler_options)
 
     def run(*args):
         with mesh_context(mesh):
@@ -83,10 +96,12 @@ def jit_sharded(fn, mesh, *, out_shardings=None, donate_argnums=()):
 
 
 def jit_train_step(train_step, shardings, mesh, *, donate: bool = True):
-    """jit(train_step) with the state kept in `shardings` and donated; metrics replicated.
+    """jit(train_step) with the state kept in `shardings` and donated, compiled with
+    `train_compiler_options()`; metrics replicated.
     Serves any `(state, batch, key) -> (state, metrics)`, e.g. a whole on-policy update."""
     return jit_sharded(train_step, mesh, out_shardings=(shardings, shd.replicated(mesh)),
-                       donate_argnums=(0,) if donate else ())
+                       donate_argnums=(0,) if donate else (),
+                       compiler_options=train_compiler_options())
 
 
 def jit_eval(fn, mesh):

@@ -93,5 +93,44 @@ def test_mesh_and_rules():
     assert fallback == [] and len(spec) == 3
 
 
+
+def test_train_compiler_options_keep_the_step():
+    """The XLA:CPU options of training steps (every dot through YNNPACK) change only reduction
+    order: the loss, the gradient norm and one SGD step equal plain jax.jit's at tolerances
+    scaled to the gradient (see _child for why SGD)."""
+    import jax
+    import optax
+
+    import modeseek
+    from llm import sharding as shd
+    from llm import state as st
+    from llm import steps
+    from modeseek import decoder as dec
+
+    assert st.train_compiler_options() == st.CPU_TRAIN_COMPILER_OPTIONS  # CI runs on CPU
+    config = dec.DecoderConfig.tiny(vocab_size=264)
+    mesh = shd.make_mesh(devices=jax.devices()[:1])
+    learning_rate = 1e-2
+    optimizer = optax.sgd(learning_rate)
+    loss_fn = steps.make_offline_loss(config, "offline_dpo",
+                                      steps.objective_hparams("offline_dpo", {}))
+    train_step = modeseek.make_train_step(loss_fn, optimizer)
+    shardings, _ = st.param_shardings(config, mesh)
+    init = lambda: st.init_params_sharded(jax.random.key(0), config, shardings)
+    state_sh = st.state_shardings(optimizer, shardings, init(), mesh)
+    batch = shd.global_batch(random_pair_batch(), mesh)
+
+    def run(step):
+        state = st.init_state(init(), optimizer, state_sh)  # the params are donated
+        return jax.device_get(step(state, batch, jax.random.key(1)))
+
+    (ours, m_ours), (plain, m_plain) = (run(st.jit_train_step(train_step, state_sh, mesh)),
+                                        run(st.jit_sharded(train_step, mesh)))
+    np.testing.assert_allclose(m_ours["loss"], m_plain["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m_ours["grad_norm"], m_plain["grad_norm"], rtol=1e-4)
+    scale = float(m_plain["grad_norm"])
+    for a, b in zip(jax.tree.leaves(ours.params), jax.tree.leaves(plain.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4 * learning_rate * scale)
+
 if __name__ == "__main__":
     _child()
