@@ -162,11 +162,11 @@ def compiler_option_times(config, params, tokens, steps: int) -> None:
     optimizer = optax.adamw(1e-5, weight_decay=0.0)
     loss_and_grads = jax.value_and_grad(make_loss(config))
     opt_state = optimizer.init(params)
-    step = make_step(config, optimizer, donate=False)
     built, reference = {}, None
     for name, options in CANDIDATE_OPTIONS.items():
         start = time.perf_counter()
-        built[name] = step.lower(params, opt_state, tokens).compile(compiler_options=options)
+        step = make_step(config, optimizer, donate=False, compiler_options=options)
+        built[name] = step.lower(params, opt_state, tokens).compile()
         compile_s = time.perf_counter() - start
         loss, grads = jax.jit(loss_and_grads, compiler_options=options)(params, tokens)
         if reference is None:

@@ -139,10 +139,9 @@ def min_length_finding(workdir, cfg, finals) -> list[str]:
                      _updates_per_logged_step(cfg.stages[n]))
         start[n] = pts[0, 1]
         reach[n] = {f: steps_to_reach(pts, f * pts[0, 1]) for f in (0.5, 0.1)}
-    never = float("inf")
     on_10, off_10 = reach["onpolicy_dpo"][0.1], reach["offline_dpo"][0.1]
-    held = (never if on_10 is None else on_10) < (never if off_10 is None else off_10) \
-        and on <= off
+    inf_if_never = lambda x: float("inf") if x is None else x
+    held = inf_if_never(on_10) < inf_if_never(off_10) and on <= off
     steps = lambda x: "never" if x is None else f"{x:.0f} steps"
     lines = ["## Paper finding (§5, Min Length)", "",
              "On-policy DPO should shorten responses faster than offline DPO at the same number "

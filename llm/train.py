@@ -74,9 +74,9 @@ def reference_key(cfg, stage_cfg, stage_dir) -> str:
         fields={"rows": None if isinstance(data, str) else data, "model": cfg.model,
                 "weights": weights, "init": stage_cfg.init, "seed": cfg.seed,
                 "trunk_layers": stage_cfg.trunk_layers, "data": {
-                    k: cfg.data[k] for k in ("max_prompt_len", "max_response_len",
-                                             "use_chat_template", "skip_bad_rows",
-                                             "system_prompt")},
+                    "max_prompt_len": cfg.data.max_prompt_len,
+                    "max_response_len": cfg.data.max_response_len,
+                    **models.loader_options(cfg.data)},
                 "dtypes": [cfg.get("param_dtype", None), cfg.get("compute_dtype", None)]})
 
 
