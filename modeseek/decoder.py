@@ -17,6 +17,7 @@ API:
       -> (hidden_BxLxD, cache)            writes the L new tokens at slot cache["index"]
   unembed(params, config, hidden_...xD) -> logits float32
   fuse_for_decoding(params, config) -> params with q|k|v and gate|up concatenated (sampling)
+  unstack_layers(params) -> params with a tuple of per-layer trees (sampling: no scan)
   truncate_layers(params, num_layers) -> params of the first num_layers layers (a trunk)
   init_scalar_head(key, config) / init_scalar_model(key, config) -> {"decoder", "head"}
   token_values(params, config, tokens_BxL, mask_BxL) -> BxL   (PPO value per position)
@@ -29,7 +30,8 @@ padding never shifts rotary phases.
 
 Layout: per-layer parameters are stacked under params["layers"] with a leading axis of size
 num_layers (logical axis "layers", never sharded), e.g. params["layers"]["attn"]["q_kernel"] is
-[num_layers, embed, heads, head_dim]; the layers run as one scan (compile time flat in depth).
+[num_layers, embed, heads, head_dim]; the layers run as one scan (compile time flat in depth),
+except after `unstack_layers` (the sampler), where `forward_cached` loops over them.
 `remat` ("none" | "dots_saveable" | "full") rematerialises each layer in the backward pass
 (`jax.checkpoint` with `checkpoint_policies.dots_saveable` / `nothing_saveable`): same
 gradients, less activation memory. `attention` = "dot_product" runs
@@ -50,7 +52,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from modeseek.decoder_layers import REMAT_POLICIES, Decoder, _attention_mask
+from modeseek.decoder_layers import REMAT_POLICIES, Decoder, _attention_mask, _Block, _Norm
 
 Params = dict[str, Any]
 
@@ -290,10 +292,38 @@ def forward_cached(params: Params, config: DecoderConfig, tokens_BxL: jax.Array,
                                              (0, index))
     mask_BxLxS = _attention_mask(index + jnp.arange(L), positions_BxL, jnp.arange(S), k_pos_BxS,
                                  k_valid_BxS, config.sliding_window)
-    hidden_BxLxD, kv = Decoder(config).apply(
-        {"params": params}, tokens_BxL, positions_BxL, mask_BxLxS,
-        {"k": cache["k"], "v": cache["v"]}, index)
+    kv = {"k": cache["k"], "v": cache["v"]}
+    if isinstance(params["layers"], (list, tuple)):  # from `unstack_layers`
+        hidden_BxLxD, kv = _decoder_unrolled(params, config, tokens_BxL, positions_BxL,
+                                             mask_BxLxS, kv, index)
+    else:
+        hidden_BxLxD, kv = Decoder(config).apply(
+            {"params": params}, tokens_BxL, positions_BxL, mask_BxLxS, kv, index)
     return hidden_BxLxD, {**kv, "mask": k_valid_BxS, "pos": k_pos_BxS, "index": index + L}
+
+
+def unstack_layers(params: Params) -> Params:
+    """Same model with params["layers"] as a tuple of per-layer trees (layer i's arrays are
+    the stacked arrays' row i); `forward_cached` then runs the layers as a Python loop.
+
+    For sampling on CPU: inside a scan, XLA:CPU copies each layer's weights out of the
+    stacked arrays on every step (a second pass over all weights per token); unstacked once
+    per call, outside the token loop, every step reads each weight once. Works on fused
+    params (`fuse_for_decoding`) too; not for training (the tree has other structure)."""
+    depth = max(x.shape[0] for x in jax.tree.leaves(params["layers"]))
+    return {**params, "layers": tuple(jax.tree.map(lambda x, i=i: x[i], params["layers"])
+                                      for i in range(depth))}
+
+
+def _decoder_unrolled(params, config, tokens_BxL, positions_BxL, mask_BxLxS, kv_cache,
+                      cache_index):
+    """`Decoder.apply` for unstacked layers: embedding, each layer's `_Block`, final norm."""
+    x_BxLxD = jnp.take(params["embedding"], tokens_BxL, axis=0).astype(config.compute_dtype)
+    carry = (x_BxLxD, kv_cache)
+    for layer, layer_params in enumerate(params["layers"]):
+        carry, _ = _Block(config).apply({"params": layer_params}, carry, layer, positions_BxL,
+                                        mask_BxLxS, jnp.asarray(cache_index, jnp.int32))
+    return _Norm(config).apply({"params": params["final_norm"]}, carry[0]), carry[1]
 
 
 # ----------------------------------------------------------------------------- scalar heads

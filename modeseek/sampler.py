@@ -332,7 +332,8 @@ def sample(key: jax.Array, params, config: dec.DecoderConfig, prompt_tokens_BxP:
     head_DxV = _output_head(params, config)
     # once per call, outside the loop: compute-dtype weights (a no-op in float32) and fused
     # q|k|v, gate|up matmuls, so no step re-reads or re-casts a weight twice
-    params = dec.fuse_for_decoding(_cast_floats(params, config.compute_dtype), config)
+    params = dec.unstack_layers(
+        dec.fuse_for_decoding(_cast_floats(params, config.compute_dtype), config))
 
     def unembed(hidden_BxD):
         return jnp.dot(hidden_BxD.astype(head_DxV.dtype), head_DxV,

@@ -124,15 +124,23 @@ def test_grouped_query_equals_multihead_with_repeated_kv(tokens):
                                forward(params_mha, mha, tokens), atol=1e-5)
 
 
+@pytest.mark.parametrize("unstacked", [False, True], ids=["scan", "unstacked"])
 @pytest.mark.parametrize("name,fused_variant", [("llama", {}), ("mistral", {}),
                                                 ("qwen2", dict(mlp_bias=True))])
-def test_cached_logits_equal_recomputed(name, fused_variant, tokens):
-    """Prefill + one-token steps through the cache, with the decode-fused weights, against one
-    full forward with the plain weights."""
+def test_cached_logits_equal_recomputed(name, fused_variant, unstacked, tokens):
+    """Prefill + one-token steps through the cache, with the decode-fused weights (scanned, or
+    unstacked into a Python loop over layers as the sampler runs them), against one full
+    forward with the plain weights."""
     config = _config(name, **fused_variant)
     params = dec.init_params(jax.random.key(5), config)
     fused = dec.fuse_for_decoding(params, config)
     assert "qkv_kernel" in fused["layers"]["attn"] and "q_kernel" not in fused["layers"]["attn"]
+    if unstacked:
+        fused = dec.unstack_layers(fused)
+        assert len(fused["layers"]) == config.num_layers
+        np.testing.assert_array_equal(fused["layers"][1]["attn"]["qkv_kernel"],
+                                      dec.fuse_for_decoding(params, config)["layers"]["attn"]
+                                      ["qkv_kernel"][1])
     mask = np.ones((3, 10), np.int32)
     mask[0, :2] = 0  # left-padded row
     mask[1, 8:] = 0  # right-padded row
