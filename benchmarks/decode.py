@@ -20,10 +20,14 @@ import sys
 import tempfile
 import time
 
-import jax
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from llm.huge_pages import reexec_with_huge_pages  # noqa: E402
+
+if __name__ == "__main__":  # before jax loads: glibc reads its tunables at process start
+    reexec_with_huge_pages()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
 from llm.checkpoints import load_smollm2, save_hf  # noqa: E402
 from modeseek import sampler  # noqa: E402

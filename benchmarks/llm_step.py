@@ -36,11 +36,15 @@ import subprocess
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from llm.huge_pages import reexec_with_huge_pages  # noqa: E402
+
+if __name__ == "__main__":  # before jax loads: glibc reads its tunables at process start
+    reexec_with_huge_pages()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 import modeseek  # noqa: E402
 from llm import logs, steps  # noqa: E402

@@ -40,6 +40,12 @@ import statistics
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from llm.huge_pages import reexec_with_huge_pages  # noqa: E402  (stdlib only)
+
+if __name__ == "__main__":  # before torch loads, as on the JAX side (llm/huge_pages.py)
+    reexec_with_huge_pages()
+
 SETUPS = {
     "tiny_llama": dict(num_prompts=8, max_new_tokens=32, prompt_len=16, steps=10, warmup=2),
     "smollm2": dict(num_prompts=4, max_new_tokens=48, prompt_len=None, steps=3, warmup=1),
