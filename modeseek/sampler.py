@@ -314,6 +314,18 @@ def _output_head(params, config: dec.DecoderConfig):
     return head_DxV.astype(config.compute_dtype)
 
 
+# Largest batch whose decode steps run the layers as a Python loop (`dec.unstack_layers`) on
+# CPU: inside the scan XLA:CPU copies every layer's weights out of the stacked arrays on each
+# token. benchmarks/decode.py, SmolLM2-135M fp32, tok/s scan → loop: batch 1 20 → 27, 4 53 →
+# 63, 8 78 → 97, 16 122–145 → 124–141 (no gain); compile 6–12 s → 15–26 s. Elsewhere (not
+# measured) and for larger batches the scan stays.
+UNSTACKED_DECODE_MAX_BATCH = 8
+
+
+def unstacked_decoding(batch: int) -> bool:
+    return jax.default_backend() == "cpu" and batch <= UNSTACKED_DECODE_MAX_BATCH
+
+
 _STATIC = ("config", "max_new_tokens", "temperature", "top_k", "top_p", "eos_id", "pad_id")
 
 
@@ -332,8 +344,9 @@ def sample(key: jax.Array, params, config: dec.DecoderConfig, prompt_tokens_BxP:
     head_DxV = _output_head(params, config)
     # once per call, outside the loop: compute-dtype weights (a no-op in float32) and fused
     # q|k|v, gate|up matmuls, so no step re-reads or re-casts a weight twice
-    params = dec.unstack_layers(
-        dec.fuse_for_decoding(_cast_floats(params, config.compute_dtype), config))
+    params = dec.fuse_for_decoding(_cast_floats(params, config.compute_dtype), config)
+    if unstacked_decoding(B):
+        params = dec.unstack_layers(params)
 
     def unembed(hidden_BxD):
         return jnp.dot(hidden_BxD.astype(head_DxV.dtype), head_DxV,

@@ -55,6 +55,21 @@ def test_greedy_equals_argmax_of_full_forward(params, side):
     assert len(set(np.asarray(out.response_tokens).ravel())) > 3  # not a degenerate model
 
 
+def test_scanned_and_unstacked_decoding_sample_alike(params, monkeypatch):
+    """Small CPU batches decode with the layers unstacked into a Python loop; the scan over
+    stacked layers (larger batches, other backends) gives the same samples and log-probs."""
+    tokens, mask = sampler.pad_prompts(PROMPTS, 0, side="left", length=8)
+    assert sampler.unstacked_decoding(len(PROMPTS))  # CI runs on CPU
+    kwargs = dict(max_new_tokens=T, temperature=1.0)
+    loop = sampler.sample(jax.random.key(4), params, CONFIG, tokens, mask, **kwargs)
+    monkeypatch.setattr(sampler, "UNSTACKED_DECODE_MAX_BATCH", 0)
+    assert not sampler.unstacked_decoding(len(PROMPTS))
+    rescan = jax.jit(sampler.sample.__wrapped__, static_argnames=sampler._STATIC)  # retrace
+    scan = rescan(jax.random.key(4), params, CONFIG, tokens, mask, **kwargs)
+    np.testing.assert_array_equal(loop.response_tokens, scan.response_tokens)
+    np.testing.assert_allclose(loop.response_logps, scan.response_logps, atol=2e-5)
+
+
 def test_left_and_right_padding_give_the_same_samples(params):
     outs = [sampler.sample(jax.random.key(2), params, CONFIG,
                            *sampler.pad_prompts(PROMPTS, 0, side=side, length=8),
