@@ -103,9 +103,12 @@ def op_spans(trace_dir: str):
 def hlo_index(hlo_text: str) -> dict[str, tuple[str, str]]:
     """op name -> (result shape, source op from the metadata) in the optimised HLO."""
     index = {}
-    for m in re.finditer(r"^\s*%?([\w.\-]+) = (\S+) [\w\-]+\(.*?(?:op_name=\"([^\"]*)\")?",
-                         hlo_text, re.M):
-        index.setdefault(m.group(1), (m.group(2).split("{")[0], m.group(3) or ""))
+    for line in hlo_text.splitlines():
+        m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+) [\w\-]+\(", line)
+        if m:
+            source = re.search(r'op_name="([^"]*)"', line)
+            index.setdefault(m.group(1), (m.group(2).split("{")[0],
+                                          source.group(1) if source else ""))
     return index
 
 
