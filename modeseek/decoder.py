@@ -262,10 +262,15 @@ def fuse_for_decoding(params: Params, config: DecoderConfig) -> Params:
     return {**params, "layers": layers}
 
 
+def _depth(params: Params) -> int:
+    """Number of layers stacked on the leading axis of params["layers"]."""
+    return max(x.shape[0] for x in jax.tree.leaves(params["layers"]))
+
+
 def truncate_layers(params: Params, num_layers: int) -> Params:
     """The first `num_layers` layers of a decoder's params (embedding, final norm and lm_head
     kept): a trunk for `config.replace(num_layers=num_layers)`. Works on fused params too."""
-    depth = max(x.shape[0] for x in jax.tree.leaves(params["layers"]))
+    depth = _depth(params)
     if not 1 <= num_layers <= depth:
         raise ValueError(f"truncate_layers: num_layers={num_layers} must be in 1..{depth} "
                          "(the length of the stacked params['layers'] axis)")
@@ -310,9 +315,8 @@ def unstack_layers(params: Params) -> Params:
     stacked arrays on every step (a second pass over all weights per token); unstacked once
     per call, outside the token loop, every step reads each weight once. Works on fused
     params (`fuse_for_decoding`) too; not for training (the tree has other structure)."""
-    depth = max(x.shape[0] for x in jax.tree.leaves(params["layers"]))
     return {**params, "layers": tuple(jax.tree.map(lambda x, i=i: x[i], params["layers"])
-                                      for i in range(depth))}
+                                      for i in range(_depth(params)))}
 
 
 def _decoder_unrolled(params, config, tokens_BxL, positions_BxL, mask_BxLxS, kv_cache,
