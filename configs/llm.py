@@ -55,6 +55,7 @@ def stage(name, kind, **overrides):
         num_iterations=0, prompts_per_iteration=4, samples_per_prompt=2, reuse=1,
         minibatch_prompts=4, max_new_tokens=48, temperature=1.0, top_k=0, top_p=1.0,
         trim_responses=True,       # on-policy: score/update up to the longest response's bucket
+        fuse_iteration=False,      # on-policy: sample → score → update as one compiled program
         learning_rate=1e-5, schedule="constant", warmup_steps=0, max_grad_norm=1.0,
         weight_decay=0.0, accumulation_steps=1, preempt_at_step=0,
         max_zero_pair_iterations=3))  # on-policy: stop after this many pair-less iterations

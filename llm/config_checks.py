@@ -110,6 +110,9 @@ def _check_stage(name: str, s: Mapping[str, Any], earlier: Mapping[str, Any],
             raise ConfigError(f"{at}.samples_per_prompt={s['samples_per_prompt']}: "
                               f"{s['algorithm']} compares samples of a prompt and needs >= 2 "
                               "(with 1 every update is zero)")
+        if s.get("fuse_iteration", False) and s.get("trim_responses", True):
+            raise ConfigError(f"{at}.fuse_iteration: one compiled iteration has fixed shapes, "
+                              "so it cannot trim responses; set trim_responses=False too")
         if s["temperature"] == 0:
             raise ConfigError(f"{at}.temperature=0: greedy sampling gives identical samples, "
                               "so no pairs or advantages; use temperature > 0")

@@ -17,10 +17,18 @@ Response trimming (stage field `trim_responses`, default on): after sampling, th
 axis is cut to the smallest power of two ≥ 16 holding every response (`modeseek.response_bucket`),
 so scoring and the update skip the padding of early-stopped samples; each bucket compiles once.
 
-Per-iteration metrics: time_generation / time_scoring / time_update (seconds, each phase
-blocked on; time_scoring includes host rewards, time_reward_host alone), tokens_per_s (real
-tokens in the rollout × (1 + reuse) / iteration time), generation_tokens_per_s, update_mfu
-(NaN on CPU, which has no peak), rollout/proxy_reward, rollout/gold/<name> per gold reward and
+One program (stage field `fuse_iteration`, default off): sampling, scoring and the update
+compile into one jitted program (`modeseek.make_iteration`) with no host round-trip between
+them — for device rewards only (a host reward is a ConfigError) and without trimming (fixed
+shapes: `trim_responses` must be off). Same keys, so it gives the phase-by-phase iteration's
+samples and metrics; it pays off when responses run to max_new_tokens anyway (no padding to
+trim) or the model is small enough that dispatch and host reads dominate.
+
+Per-iteration metrics: time_iteration; phase by phase also time_generation / time_scoring /
+time_update (seconds, each phase blocked on; time_scoring includes host rewards,
+time_reward_host alone), generation_tokens_per_s and update_mfu (NaN on CPU, which has no
+peak); tokens_per_s (real tokens in the rollout × (1 + reuse) / iteration time),
+rollout/sequence_length (prompt + scored response width), rollout/proxy_reward, rollout/gold/<name> per gold reward and
 rollout/gold_reward (the first gold), length and KL, kl_coef (token-level), and the update
 metrics averaged over the iteration's gradient steps. Checkpoint steps count iterations.
 """
@@ -68,11 +76,7 @@ def run(cfg, stage_cfg, stage_dir, env, *, resume: bool, on_start=None) -> dict:
     state_sh = st.state_shardings(optimizer, param_sh, params, mesh)
     state = st.init_state(params, optimizer, state_sh)
 
-    generate = st.jit_eval(
-        lambda p, tokens, mask, key: modeseek.generate(
-            key, policy, p, tokens, mask, sampling=sampling, samples_per_prompt=N), mesh)
-
-    def score_fn(params, ref_params, reward_params, host_scores, samples, kl_coef):
+    def score_fn(params, samples, ref_params, reward_params, kl_coef, host_scores):
         scores = {**host_scores, **reward_pass.device_scores(device_rewards, reward_params,
                                                              samples, (P, N))}
         rollout = modeseek.score_rollout(policy, params, ref_params, samples,
@@ -85,13 +89,24 @@ def run(cfg, stage_cfg, stage_dir, env, *, resume: bool, on_start=None) -> dict:
         for label, values in scores.items():
             if label != reward_pass.PROXY:
                 metrics[f"rollout/{label}"] = modeseek.masked_mean(values, rollout.valid)
+        metrics["rollout/sequence_length"] = jnp.float32(rollout.tokens.shape[-1])
         return rollout, metrics, scores
 
-    score = st.jit_sharded(score_fn, mesh)
     loss_fn = modeseek.make_rollout_loss(alg.name, policy, sampling, hparams)
-    update = st.jit_train_step(
-        modeseek.make_update(modeseek.make_train_step(loss_fn, optimizer), reuse=reuse,
-                             minibatch_prompts=minibatch), state_sh, mesh)
+    update_fn = modeseek.make_update(modeseek.make_train_step(loss_fn, optimizer), reuse=reuse,
+                                     minibatch_prompts=minibatch)
+    check_rewards = lambda scores: reward_pass.check_all(rewards, scores, (P, N))
+    if stage_cfg.get("fuse_iteration", False):
+        if host_rewards:
+            raise config_checks.ConfigError(
+                f"config.stages.{stage_cfg.name}.fuse_iteration: the rewards "
+                f"{sorted(r.name for r in host_rewards.values())} read decoded text on the "
+                "host, which one compiled iteration cannot call; set fuse_iteration=False")
+        iterate = one_program(policy, sampling, N, score_fn, update_fn, state_sh, mesh,
+                              check_rewards)
+    else:
+        iterate = three_programs(policy, sampling, N, score_fn, update_fn, state_sh, mesh,
+                                 check_rewards, host_rewards, trim=stage_cfg.trim_responses)
 
     it, _ = make_loader(models.train_source(cfg, stage_cfg), tok,
                         batch_size=P // jax.process_count(),
@@ -105,42 +120,86 @@ def run(cfg, stage_cfg, stage_dir, env, *, resume: bool, on_start=None) -> dict:
         t0 = time.perf_counter()
         prompts = shd.global_batch({k: v for k, v in next(it).items()
                                     if k in ("prompt_tokens", "prompt_mask")}, mesh)
-        samples = jax.block_until_ready(generate(state.params, prompts["prompt_tokens"],
-                                                 prompts["prompt_mask"],
-                                                 jax.random.fold_in(key, 0)))
-        if stage_cfg.trim_responses:  # score and update only up to the longest response
-            samples = modeseek.trim_responses(samples, modeseek.response_bucket(samples))
-        t1 = time.perf_counter()
-        host_scores, reward_seconds = reward_pass.host_scores(host_rewards, samples, (P, N))
-        rollout, roll_metrics, scores = jax.block_until_ready(
-            score(state.params, ref_params, reward_params, host_scores, samples, kl_coef))
-        reward_pass.check_all(rewards, scores, (P, N))  # bad rewards stop before the update
-        t2 = time.perf_counter()
-        state, update_metrics = jax.block_until_ready(
-            update(state, rollout, jax.random.fold_in(key, 1)))
-        t3 = time.perf_counter()
-        more = host_metrics(roll_metrics)
+        state, out, timing = iterate(state, prompts, key, ref_params, reward_params, kl_coef)
+        seconds = time.perf_counter() - t0
+        more = host_metrics(out["rollout"])
         if not alg.token_level:  # pairwise / group objectives learn nothing without a pair
             starvation.update(more["rollout/pairs"], iteration + 1)
         if first_gold is not None:
             more["rollout/gold_reward"] = more[f"rollout/gold/{first_gold}"]
-        seq_len = rollout.tokens.shape[-1]
-        more.update(
-            time_generation=t1 - t0, time_scoring=t2 - t1, time_update=t3 - t2,
-            time_iteration=t3 - t0, time_reward_host=reward_seconds,
-            tokens_per_s=more["rollout/tokens"] * (1 + reuse) / (t3 - t0),
-            generation_tokens_per_s=more["rollout/response_tokens"] / (t1 - t0),
-            update_mfu=logs.mfu(logs.update_flops(config, P * N * seq_len * reuse, seq_len),
-                                t3 - t2, peak))
+        more.update(timing, time_iteration=seconds,
+                    tokens_per_s=more["rollout/tokens"] * (1 + reuse) / seconds)
+        if "time_generation" in timing:  # phase by phase
+            seq_len = int(more["rollout/sequence_length"])
+            more.update(generation_tokens_per_s=more["rollout/response_tokens"]
+                        / timing["time_generation"],
+                        update_mfu=logs.mfu(logs.update_flops(
+                            config, P * N * seq_len * reuse, seq_len), timing["time_update"],
+                            peak))
         if alg.token_level:
             more["kl_coef"] = kl_coef
             kl_coef = float(modeseek.adaptive_kl_coef(
                 kl_coef, more["rollout/kl_to_ref"], kl_target=hparams["kl_target"],
                 kl_horizon=hparams["kl_horizon"], num_samples=P * N))
-        return state, update_metrics, more, {"kl_coef": kl_coef}
+        return state, out["update"], more, {"kl_coef": kl_coef}
 
     evaluate = env.make_evaluator("onpolicy") if cfg.eval.every else None
     return run_loop(cfg, stage_cfg, stage_dir, env, state=state, step_fn=step_fn,
                     num_steps=stage_cfg.num_iterations, iterator=it, evaluate=evaluate,
                     resume=resume, extra={"kl_coef": float(hparams["kl_coef"])},
                     bar_metric="rollout/length", on_start=on_start)
+
+
+def three_programs(policy, sampling, N, score_fn, update_fn, state_sh, mesh, check_rewards,
+                   host_rewards, *, trim: bool):
+    """iterate(state, prompts, key, ref_params, reward_params, kl_coef) -> (state, outputs,
+    timing): sampling, scoring and the update as three jitted programs, each blocked on and
+    timed; host rewards read the samples, and responses are trimmed, between them. Bad rewards
+    stop the run before the update."""
+    generate = st.jit_eval(
+        lambda p, tokens, mask, key: modeseek.generate(
+            key, policy, p, tokens, mask, sampling=sampling, samples_per_prompt=N), mesh)
+    score = st.jit_sharded(score_fn, mesh)
+    update = st.jit_train_step(update_fn, state_sh, mesh)
+
+    def iterate(state, prompts, key, ref_params, reward_params, kl_coef):
+        t0 = time.perf_counter()
+        samples = jax.block_until_ready(generate(state.params, prompts["prompt_tokens"],
+                                                 prompts["prompt_mask"],
+                                                 jax.random.fold_in(key, 0)))
+        if trim:  # score and update only up to the longest response
+            samples = modeseek.trim_responses(samples, modeseek.response_bucket(samples))
+        t1 = time.perf_counter()
+        P = prompts["prompt_tokens"].shape[0]
+        host_scores, reward_seconds = reward_pass.host_scores(host_rewards, samples, (P, N))
+        rollout, roll_metrics, scores = jax.block_until_ready(
+            score(state.params, samples, ref_params, reward_params, kl_coef, host_scores))
+        check_rewards(scores)
+        t2 = time.perf_counter()
+        state, update_metrics = jax.block_until_ready(
+            update(state, rollout, jax.random.fold_in(key, 1)))
+        t3 = time.perf_counter()
+        return state, {"update": update_metrics, "rollout": roll_metrics}, {
+            "time_generation": t1 - t0, "time_scoring": t2 - t1, "time_update": t3 - t2,
+            "time_reward_host": reward_seconds}
+
+    return iterate
+
+
+def one_program(policy, sampling, N, score_fn, update_fn, state_sh, mesh, check_rewards):
+    """The same `iterate` as one jitted program (`modeseek.make_iteration`): no host round-trip
+    between the phases, untrimmed responses, device rewards only; non-finite rewards leave the
+    state untrained and stop the run. Timing: the iteration's wall time only."""
+    iteration = modeseek.make_iteration(
+        policy, sampling, samples_per_prompt=N, update=update_fn,
+        score=lambda params, samples, ref_params, reward_params, kl_coef: score_fn(
+            params, samples, ref_params, reward_params, kl_coef, {}))
+    step = st.jit_train_step(iteration, state_sh, mesh)
+
+    def iterate(state, prompts, key, ref_params, reward_params, kl_coef):
+        state, out = step(state, prompts["prompt_tokens"], prompts["prompt_mask"], key,
+                          ref_params, reward_params, kl_coef)
+        check_rewards(out["scores"])
+        return state, out, {}
+
+    return iterate

@@ -59,6 +59,7 @@ from modeseek.engine import (
     Sampling,
     add_ppo_targets,
     generate,
+    make_iteration,
     make_rollout_loss,
     make_update,
     minibatch_orders,

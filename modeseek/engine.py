@@ -11,6 +11,8 @@ transformer tier calls; tiers keep only their host loop, data, rewards and shard
                           minibatch_prompts=M)
     state, metrics = update(state, rollout, key)    T passes over shuffled minibatches of M
                                                     prompts (a prompt's N samples stay together)
+    iteration = make_iteration(policy, sampling, samples_per_prompt=N, score=..., update=update)
+                                                    all three phases as one program
 
 Conventions: sequences are concat(prompt, response), prompts left-padded, responses
 right-padded (S = Lp + max_new_tokens); per-token arrays are aligned with `tokens` (position t
@@ -255,3 +257,43 @@ def make_update(train_step, *, reuse: int, minibatch_prompts: int):
         return jax.lax.scan(body, state, (jnp.arange(minibatches.shape[0]), minibatches))
 
     return update
+
+
+def _nan_like(shape_dtype):
+    fill = jnp.nan if jnp.issubdtype(shape_dtype.dtype, jnp.inexact) else 0
+    return jnp.full(shape_dtype.shape, fill, shape_dtype.dtype)
+
+
+def make_iteration(policy: PolicyModel, sampling: Sampling, *, samples_per_prompt: int, score,
+                   update):
+    """One whole on-policy iteration as one traced function (jit it once: no host round-trip
+    between sampling, scoring and the update):
+
+        iteration(state, prompt_tokens [P, Lp], prompt_mask, key, *score_args)
+            -> (state, {"update": update metrics, "rollout": score metrics,
+                        "scores": scores, "finite": bool scalar})
+
+    with `score(params, samples, *score_args) -> (rollout, score_metrics, scores)` (scores:
+    {label: [P, N] float32}, every reward computed inside) and `update` from `make_update`.
+    Keys follow the phase-by-phase loop (sampling fold_in(key, 0), update fold_in(key, 1)), so
+    both give the same iteration. The update runs only when every score is finite (`finite`);
+    otherwise the state comes back unchanged and the update metrics are NaN, so a caller can
+    stop on bad rewards with nothing trained on them (the output is a (state, metrics) pair, as
+    a train step's, so the same jit helpers serve it). Shapes are fixed: responses are scored
+    and trained at their full max_new_tokens (no `trim_responses`)."""
+
+    def iteration(state, prompt_tokens, prompt_mask, key, *score_args):
+        samples = generate(jax.random.fold_in(key, 0), policy, state.params, prompt_tokens,
+                           prompt_mask, sampling=sampling, samples_per_prompt=samples_per_prompt)
+        rollout, score_metrics, scores = score(state.params, samples, *score_args)
+        finite = jnp.array(True)
+        for values in scores.values():
+            finite &= jnp.all(jnp.isfinite(values))
+        update_key = jax.random.fold_in(key, 1)
+        skipped = jax.tree.map(_nan_like, jax.eval_shape(update, state, rollout, update_key)[1])
+        state, update_metrics = jax.lax.cond(
+            finite, lambda: update(state, rollout, update_key), lambda: (state, skipped))
+        return state, {"update": update_metrics, "rollout": score_metrics, "scores": scores,
+                       "finite": finite}
+
+    return iteration

@@ -122,6 +122,61 @@ def test_trimmed_responses_score_and_update_the_same():
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
+def _token_sum_score(policy, ref_params):
+    """score(params, samples, scale) with the token-sum reward of `_rollout` times `scale`."""
+
+    def score(params, samples, scale):
+        rewards = jnp.sum(samples.response_tokens * samples.response_mask, 1)
+        rewards = (rewards.reshape(P, N) * scale).astype(jnp.float32)
+        rollout = ms.score_rollout(policy, params, ref_params, samples, rewards)
+        return rollout, ms.rollout_metrics(rollout), {"proxy": rewards}
+
+    return score
+
+
+def test_one_program_iteration_equals_the_phases():
+    """`make_iteration` (sample → score → update in one jit) gives the phase-by-phase loop's
+    samples, rollout metrics and SGD update, with the same keys; a NaN reward skips the update
+    and says so."""
+    params = dec.init_params(jax.random.key(5), CFG)
+    policy = ms.PolicyModel(CFG)
+    sampling = ms.Sampling(max_new_tokens=6, top_k=20, eos_ids=(3,))
+    opt = optax.sgd(1e-2)
+    step = ms.make_train_step(ms.make_rollout_loss("onpolicy_dpo", policy, sampling,
+                                                   ms.resolve_hparams({"beta": 0.5})), opt)
+    update = ms.make_update(step, reuse=2, minibatch_prompts=1)
+    score = _token_sum_score(policy, params)
+    iteration = jax.jit(ms.make_iteration(policy, sampling, samples_per_prompt=N, score=score,
+                                          update=update))
+    prompts, mask = _prompts()
+    key = jax.random.key(9)
+    state0 = ms.init_train_state(params, opt)
+    state, out = iteration(state0, prompts, mask, key, 1.0)
+    metrics, score_metrics, scores = out["update"], out["rollout"], out["scores"]
+    assert bool(out["finite"]) and int(state.step) == 2 * P
+
+    samples = jax.jit(lambda p, k: ms.generate(k, policy, p, prompts, mask, sampling=sampling,
+                                               samples_per_prompt=N))(params,
+                                                                      jax.random.fold_in(key, 0))
+    rollout, want_metrics, want_scores = jax.jit(score)(params, samples, 1.0)
+    want_state, want = jax.jit(update)(state0, rollout, jax.random.fold_in(key, 1))
+    np.testing.assert_array_equal(scores["proxy"], want_scores["proxy"])
+    for name, value in want_metrics.items():
+        np.testing.assert_allclose(score_metrics[name], value, rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(metrics["loss"], want["loss"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(want_state.params),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(state.params),
+                                                     jax.tree.leaves(params), strict=True))
+
+    state, out = iteration(state0, prompts, mask, key, jnp.nan)
+    assert not bool(out["finite"]) and np.all(np.isnan(out["scores"]["proxy"]))
+    assert int(state.step) == 0 and np.all(np.isnan(out["update"]["loss"]))
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_sampling_mask_makes_first_update_ratio_one():
     """temperature 0.7, top-p 0.9: training-side log-probs through the kept mask equal the
     sampler's for every response token; without the mask they would not."""

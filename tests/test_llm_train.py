@@ -84,6 +84,39 @@ def test_onpolicy_kill_and_resume_equals_uninterrupted(tmp_path):
     assert all(0 <= r["rollout/pairs"] == r["rollout/groups"] <= 2 for r in rows)
 
 
+def test_one_program_iteration_matches_the_phases(tmp_path):
+    """`fuse_iteration`: the first iteration equals the phase-by-phase one (same keys,
+    untrimmed): the same samples, so the same token-derived metrics, and the same update at
+    float tolerance (the two are different XLA programs). Later iterations start from
+    parameters that differ by rounding after Adam, so only the first is compared; resuming
+    runs through the same stage loop for both (test above)."""
+    runs = {}
+    for fuse in (True, False):
+        cfg = tiny_config()
+        stage_dir = str(tmp_path / str(fuse) / "stage")
+        stage = onpolicy_stage(cfg, fuse_iteration=fuse, trim_responses=False, num_iterations=1)
+        assert train.run_stage(cfg, stage, stage_dir)["status"] == "done"
+        runs[fuse] = metrics_of(stage_dir)[0]
+    got, want = runs[True], runs[False]
+    assert set(got) == set(want)
+    for name in ("rollout/length", "rollout/gold_reward", "rollout/pairs", "rollout/tokens",
+                 "rollout/sequence_length"):
+        assert got[name] == want[name], name
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_one_program_iteration_refuses_host_rewards(tmp_path):
+    from llm.config_checks import ConfigError
+
+    cfg = tiny_config()
+    cfg.reward.fn = "tests.engine_reward_fns:nan_on_second_call"
+    stage = onpolicy_stage(cfg, fuse_iteration=True, trim_responses=False)
+    with pytest.raises(ConfigError, match=r"onpolicy_dpo\.fuse_iteration: the rewards "
+                                          r"\['nan_on_second_call'\] read decoded text"):
+        train.run_stage(cfg, stage, str(tmp_path / "host" / "stage"))
+
+
 def test_nan_stops_run_and_keeps_last_good_checkpoint(tmp_path):
     cfg = tiny_config()
     cfg.checkpoint_every = 1

@@ -63,6 +63,8 @@ def test_valid_config_and_the_shipped_configs_pass():
     ("stages.onpolicy_dpo.warmup_steps", 8, r"warmup_steps=8 >= the stage's 8 optimizer"),
     ("stages.onpolicy_dpo.samples_per_prompt", 1, r"samples_per_prompt=1: onpolicy_dpo"),
     ("stages.onpolicy_dpo.temperature", 0.0, r"temperature=0: greedy sampling"),
+    ("stages.onpolicy_dpo.fuse_iteration", True, r"onpolicy_dpo\.fuse_iteration: one compiled "
+                                                 r"iteration .* set trim_responses=False"),
     ("stages.onpolicy_dpo.temperature", -1.0, r"onpolicy_dpo\.temperature must be >= 0"),
     ("stages.onpolicy_dpo.top_p", 0.0, r"onpolicy_dpo\.top_p must lie in \(0, 1\]"),
     ("stages.onpolicy_dpo.top_k", -1, r"onpolicy_dpo\.top_k must be an integer >= 0"),
