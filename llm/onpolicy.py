@@ -28,9 +28,10 @@ Per-iteration metrics: time_iteration; phase by phase also time_generation / tim
 time_update (seconds, each phase blocked on; time_scoring includes host rewards,
 time_reward_host alone), generation_tokens_per_s and update_mfu (NaN on CPU, which has no
 peak); tokens_per_s (real tokens in the rollout × (1 + reuse) / iteration time),
-rollout/sequence_length (prompt + scored response width), rollout/proxy_reward, rollout/gold/<name> per gold reward and
-rollout/gold_reward (the first gold), length and KL, kl_coef (token-level), and the update
-metrics averaged over the iteration's gradient steps. Checkpoint steps count iterations.
+rollout/sequence_length (prompt + scored response width), rollout/proxy_reward,
+rollout/gold/<name> per gold reward and rollout/gold_reward (the first gold), length and KL,
+kl_coef (token-level), and the update metrics averaged over the iteration's gradient steps.
+Checkpoint steps count iterations.
 """
 
 from __future__ import annotations
