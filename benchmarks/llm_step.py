@@ -61,8 +61,10 @@ def load_average() -> float:
 
 
 def time_iterations(config, params, prompts, mask, *, iterations, warmup, samples_per_prompt,
-                    max_new_tokens, pad_id):
-    """Mean seconds of generation / scoring / update over `iterations` after `warmup`."""
+                    max_new_tokens, pad_id, one_program=True):
+    """Mean seconds of generation / scoring / update over `iterations` after `warmup`, phase by
+    phase (three programs, each blocked on); then, with `one_program`, the same iteration as
+    one compiled program (`modeseek.make_iteration`, what `fuse_iteration` runs)."""
     mesh = shd.make_mesh(1, -1, 1)
     optimizer = modeseek.make_optimizer(learning_rate=1e-6, max_grad_norm=1.0)
     policy = modeseek.PolicyModel(config)
@@ -83,9 +85,9 @@ def time_iterations(config, params, prompts, mask, *, iterations, warmup, sample
         return modeseek.score_rollout(policy, p, r, s, rewards.reshape(num_prompts, -1))
 
     score = st.jit_sharded(score_fn, mesh)
-    update = st.jit_train_step(
-        modeseek.make_update(modeseek.make_train_step(loss_fn, optimizer), reuse=1,
-                             minibatch_prompts=num_prompts), state_sh, mesh)
+    update_fn = modeseek.make_update(modeseek.make_train_step(loss_fn, optimizer), reuse=1,
+                                     minibatch_prompts=num_prompts)
+    update = st.jit_train_step(update_fn, state_sh, mesh)
     g = shd.global_batch({"t": prompts, "m": mask}, mesh)
     rows = []
     for i in range(warmup + iterations):
@@ -102,9 +104,26 @@ def time_iterations(config, params, prompts, mask, *, iterations, warmup, sample
                          float(np.sum(jax.device_get(data.attention_mask)))))
     gen, sc, upd, tokens = (float(np.mean(c)) for c in zip(*rows, strict=True))
     # tokens/s counts every real token once for scoring and once for the update
-    return {"seconds_per_iteration": gen + sc + upd, "generation_s": gen, "scoring_s": sc,
-            "update_s": upd, "tokens_per_s": tokens * 2 / (gen + sc + upd),
-            "generation_tokens_per_s": num_prompts * samples_per_prompt * max_new_tokens / gen}
+    out = {"seconds_per_iteration": gen + sc + upd, "generation_s": gen, "scoring_s": sc,
+           "update_s": upd, "tokens_per_s": tokens * 2 / (gen + sc + upd),
+           "generation_tokens_per_s": num_prompts * samples_per_prompt * max_new_tokens / gen}
+    if one_program:  # the same iteration as one compiled program (stage field fuse_iteration)
+        def score_all(p, s, r):
+            rollout = score_fn(p, r, s)
+            return rollout, {}, {"proxy": rollout.rewards}
+
+        iteration = st.jit_train_step(modeseek.make_iteration(
+            policy, sampling, samples_per_prompt=samples_per_prompt, update=update_fn,
+            score=score_all), state_sh, mesh)
+        seconds = []
+        for i in range(warmup + iterations):
+            t0 = time.perf_counter()
+            state, _ = jax.block_until_ready(iteration(state, g["t"], g["m"], jax.random.key(i),
+                                                       ref))
+            if i >= warmup:
+                seconds.append(time.perf_counter() - t0)
+        out["one_program_seconds_per_iteration"] = float(np.mean(seconds))
+    return out
 
 
 def smollm2_prompts(tokenizer, num_prompts):
@@ -129,6 +148,9 @@ def cpu_mode(args):
     ours.update(load_average_before=load_before, load_average_after=load_average(),
                 prompt_tokens=int(prompts.shape[1]))
     print(json.dumps({"side": "modeseek", "setup": "smollm2", **ours}), flush=True)
+    print(f"one program vs phase by phase: "
+          f"{ours['seconds_per_iteration'] / ours['one_program_seconds_per_iteration']:.2f}×",
+          flush=True)
     if args.trl_python and os.path.exists(args.trl_python):
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trl_online_dpo.py")
         load_before = load_average()

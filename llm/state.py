@@ -69,16 +69,9 @@ def mesh_context(mesh):
         yield
 
 
-# XLA:CPU hands every dot of a training step to YNNPACK, not only those it fuses by default:
-# SmolLM2-135M's forward + backward + AdamW step 21.3 → 18.5 s with gradients within 1e-4 of
-# the default build's (benchmarks/forward.py --compiler-options, idle). Training steps only:
-# on the bandit's small matmuls it cost ≈ 20% more CPU (benchmarks/README.md).
-CPU_TRAIN_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
-
-
-def train_compiler_options() -> dict:
-    """XLA options of training steps on the default backend ({} off CPU)."""
-    return dict(CPU_TRAIN_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else {}
+# every dot of a training step through YNNPACK on CPU (measured in modeseek.train)
+CPU_TRAIN_COMPILER_OPTIONS = modeseek.CPU_TRAIN_COMPILER_OPTIONS
+train_compiler_options = modeseek.train_compiler_options
 
 
 def jit_sharded(fn, mesh, *, out_shardings=None, donate_argnums=(), compiler_options=None):

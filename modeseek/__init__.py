@@ -124,11 +124,13 @@ from modeseek.taxonomy import (
     resolve_hparams,
 )
 from modeseek.train import (
+    CPU_TRAIN_COMPILER_OPTIONS,
     TrainState,
     init_train_state,
     make_algorithm_train_step,
     make_objective_loss,
     make_train_step,
+    train_compiler_options,
 )
 
 __version__ = "0.1.0"

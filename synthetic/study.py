@@ -295,10 +295,12 @@ def make_setup(config, cfg, algorithm) -> Setup:
 @functools.cache
 def compiled(setup: Setup):
     """(jit(vmap(init)), jit(vmap(chunk))) over runs, cached per Setup: hyperparameters and
-    learning rates are traced arguments, so new values never recompile."""
+    learning rates are traced arguments, so new values never recompile. The chunk compiles
+    with `modeseek.train_compiler_options()` (YNNPACK dots on CPU)."""
     init, chunk = make_train(setup)
     return (jax.jit(jax.vmap(init, in_axes=(0, None, 0))),
-            jax.jit(jax.vmap(chunk, in_axes=(0, None, 0))))
+            jax.jit(jax.vmap(chunk, in_axes=(0, None, 0)),
+                    compiler_options=modeseek.train_compiler_options()))
 
 
 def run_algorithm(setup: Setup, task_data: dict, *, seeds: int, iterations: int,
