@@ -24,12 +24,13 @@ Selection: seeds 0…selection_seeds−1 only choose each (task, method)'s best 
            "did not hold").
 Runtime:   `reduced` (3 tasks × 6 algorithms × 3 rates × 3 seeds = 162 runs: 1 selection +
            2 verdict seeds; 30 iterations of 4 prompts × 4 samples, T = 2: 60 gradient steps)
-           on (3e-4, 1e-3, 3e-3): 741 s wall on this shared 2-core CPU at load average 2–4
-           (the test suite ran beside it), reference and RMs from the cache (17 s); building
-           them without a cache took 833 s (previous run, load 5–7.5), and per algorithm
-           compile 25–270 s (RWR slowest). The default (5 seeds = 2 selection + 3 verdict, 40
-           iterations of 8 prompts × 4 samples: 270 runs, 80 steps) is ≈ 4.4× the run work and
-           was NOT run (estimated ≈ 60–90 min on this CPU).
+           on (3e-4, 1e-3, 3e-3): 471 s wall on this shared 2-core CPU at load average 1.5–1.9
+           (YNNPACK dots; 741 s before them, at load 2–4 with the test suite beside it),
+           reference and RMs from the cache (17 s); building them without a cache took 833 s
+           (previous run, load 5–7.5), and per algorithm compile 16–31 s (25–270 s in earlier
+           versions). The default (5 seeds = 2 selection + 3 verdict, 40 iterations of
+           8 prompts × 4 samples: 270 runs, 80 steps) is ≈ 4.4× the run work and was NOT run
+           (estimated ≈ 60–90 min on this CPU).
 Expected:  the paper: on Min and Skew Length on-policy DPO shortens responses fastest (≈ 0
            tokens within ≈ 75 steps, ≈ 2× faster than offline DPO), max-likelihood methods
            lag; on Mode Length all methods end close together. Measured (`reduced`, medians over
@@ -49,7 +50,7 @@ Expected:  the paper: on Min and Skew Length on-policy DPO shortens responses fa
            on Skew; vs Best-of-N did not hold | held at 2 of 3 on Min, held | held at 2 of 3 on
            Skew; offline DPO beats Pref-FT — held | held on both; on-policy DPO first — did not
            hold (offline DPO ties or comes within one step; PPO ties at 3e-4); Mode, methods
-           end alike — did not hold at any rate (spread 0.40–0.82 of the reference's |gold|).
+           end alike — did not hold at any rate (spread 0.40–0.76 of the reference's |gold|).
            PPO over-optimisation not observed (PPO shortens responses to ≈ 0 at every rate).
            Proxy RMs order π_ref pairs at 0.986 (Min), 0.970 (Mode), 0.825 (Skew; 0.980 on its
            own held-out data); the Skew RM's score rises with length above the cap (27) only
