@@ -9,7 +9,8 @@ CPU setup = TRL's `benchmarks/trl_online_dpo.py --setup smollm2`: SmolLM2-135M-I
 4 min-length prompts through the chat template, 2 completions each of 48 new tokens (the full 48
 always: no EOS stop, as TRL's side forces), reward = −length, one DPO update per iteration on all
 4 prompts × 2 samples. Ours: KV-cached sampling, one scoring pass (policy + reference
-log-probs), one jitted donated update. The two run one after the other (never at the same time)
+log-probs), one jitted donated update; then the same iteration as one compiled program
+(`modeseek.make_iteration`, what the stage field `fuse_iteration` runs). The two run one after the other (never at the same time)
 and the load average is printed with each, since the machine is shared.
 
 GPU mode: a randomly initialised Pythia-1.4B-shaped decoder (bf16 compute, fp32 params and Adam
@@ -17,6 +18,8 @@ state), update = forward + backward + AdamW on a [batch, seq] batch of a DPO pai
 6·N·tokens-style FLOPs (llm.logs.update_flops) / (time × peak bf16 FLOP/s); plus KV-cached
 generation tokens/s. Prints one JSON line per measurement.
 
+Measured 2026-12-02 (huge pages on both sides, load 1.4–1.9): phases 10.8–13.3 s, one program
+  11.2–12.7 s, TRL 10.7–12.2 s: 0.80–1.07× (benchmarks/README.md, last section).
 Measured (2026-11-27; the CPU is shared, so the load average is part of every number):
   CPU, SmolLM2-135M, ours 18.6 s/iteration (generation 7.2, scoring 2.2, update 9.2) vs TRL
       20.4 s/step: 1.10× at load 2.8–3.6. An earlier run at load 8–14, before scoring stopped
