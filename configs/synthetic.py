@@ -29,8 +29,8 @@ Runtime:   `reduced` (3 tasks × 6 algorithms × 3 rates × 3 seeds = 162 runs: 
            reference and RMs from the cache (17 s); building them without a cache took 833 s
            (previous run, load 5–7.5), and per algorithm compile 16–31 s (25–270 s in earlier
            versions). The default (5 seeds = 2 selection + 3 verdict, 40 iterations of
-           8 prompts × 4 samples: 270 runs, 80 steps) is ≈ 4.4× the run work and was NOT run
-           (estimated ≈ 60–90 min on this CPU).
+           8 prompts × 4 samples: 270 runs, 80 steps) is ≈ 4.4× the run work: 1,686 s wall at
+           load 1.5–2 (first run 2026-12-02; synthetic/results/default/report.md).
 Expected:  the paper: on Min and Skew Length on-policy DPO shortens responses fastest (≈ 0
            tokens within ≈ 75 steps, ≈ 2× faster than offline DPO), max-likelihood methods
            lag; on Mode Length all methods end close together. Measured (`reduced`, medians over
