@@ -10,8 +10,9 @@ CPU setup = TRL's `benchmarks/trl_online_dpo.py --setup smollm2`: SmolLM2-135M-I
 always: no EOS stop, as TRL's side forces), reward = −length, one DPO update per iteration on all
 4 prompts × 2 samples. Ours: KV-cached sampling, one scoring pass (policy + reference
 log-probs), one jitted donated update; then the same iteration as one compiled program
-(`modeseek.make_iteration`, what the stage field `fuse_iteration` runs). The two run one after the other (never at the same time)
-and the load average is printed with each, since the machine is shared.
+(`modeseek.make_iteration`, what the stage field `fuse_iteration` runs). The two sides run one
+after the other (never at the same time) and the load average is printed with each, since the
+machine is shared.
 
 GPU mode: a randomly initialised Pythia-1.4B-shaped decoder (bf16 compute, fp32 params and Adam
 state), update = forward + backward + AdamW on a [batch, seq] batch of a DPO pair loss; MFU =
